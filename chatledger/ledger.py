@@ -1,0 +1,575 @@
+"""The application service: every command reads get -> decide -> save, then the projections
+catch up before the call returns (read-your-writes).
+
+ConversationManager (Penguin's API) is a thin layer over this; the CLI and tests use it too."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+import orjson
+from eventsourcing.persistence import RecordConflictError
+from pydantic import TypeAdapter, ValidationError
+
+from domain.checkpoints import CheckpointConfig, CheckpointType, auto_checkpoint_due
+from domain.conversation import Conversation
+from domain.errors import (
+    CheckpointNotFound,
+    ConcurrencyConflict,
+    ConversationNotFound,
+    InvalidInput,
+    SnapshotNotFound,
+)
+from domain.events import ForkPoint
+from domain.hashing import GENESIS_HASH
+from domain.messages import (
+    DEFAULT_CATEGORY,
+    ELIGIBLE_ROLES,
+    Category,
+    ContentPart,
+    ImagePart,
+    Role,
+    TextPart,
+)
+from domain.retention import CheckpointRecord, checkpoints_to_prune
+from domain.view import ViewState
+from infrastructure.files import ContextFile, read_context_file, read_image
+from infrastructure.sqlite_store import (
+    check_database_file,
+    open_event_store,
+    open_projection_connection,
+    prepare_workspace,
+)
+from infrastructure.tokenizer import TokenCounter
+from infrastructure.verification import VerificationReport, verify
+from projections.queries import CheckpointRow, ReadModel
+from projections.runner import ProjectionRunner
+
+T = TypeVar("T")
+MAX_ATTEMPTS = 5
+_PARTS = TypeAdapter(tuple[ContentPart, ...])
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid4().hex}"
+
+
+def parse_conversation_id(value: str | UUID) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise ConversationNotFound(f"{value!r} is not a conversation id.") from None
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInput(
+            f"{what} contains a lone surrogate at index {error.start}; send valid Unicode."
+        ) from None
+
+
+def content_parts(content: Any) -> tuple[ContentPart, ...]:
+    """A message's content as parts: a non-empty string, or a list of part dicts."""
+    if isinstance(content, str):
+        if not content.strip():
+            raise InvalidInput("A message cannot be empty.")
+        _check_text(content, "The message")
+        return (TextPart(text=content),)
+    if isinstance(content, list | tuple) and content:
+        try:
+            parts = _PARTS.validate_python(tuple(content))
+        except ValidationError as error:
+            raise InvalidInput(f"Message parts are not valid: {error.errors()[0]['msg']}.") from None
+        for part in parts:
+            if isinstance(part, TextPart):
+                _check_text(part.text, "A text part")
+        return parts
+    raise InvalidInput(
+        f"A message must be a non-empty string or list of parts, not {type(content).__name__}."
+    )
+
+
+def _metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"metadata must be a dict, not {type(metadata).__name__}.")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"metadata must be JSON-serialisable: {error}.") from None
+    return metadata
+
+
+@dataclass
+class _Batch:
+    """The aggregates one command touched: saved together in one transaction, or forgotten
+    together if the command fails."""
+
+    store: Any
+    aggregates: dict[UUID, Conversation] = field(default_factory=dict)
+
+    def get(self, conversation_id: UUID) -> Conversation:
+        if conversation_id not in self.aggregates:
+            self.aggregates[conversation_id] = self.store.conversation(conversation_id)
+        return self.aggregates[conversation_id]
+
+    def add(self, conversation: Conversation) -> Conversation:
+        self.aggregates[conversation.id] = conversation
+        return conversation
+
+
+@dataclass(frozen=True)
+class AppendedMessage:
+    conversation_id: UUID
+    message_id: str
+    position: int
+
+
+class Ledger:
+    def __init__(
+        self,
+        workspace: Path,
+        *,
+        checkpoint_config: CheckpointConfig | None = None,
+        max_messages_per_session: int = 5000,
+        cache_size: int = 20,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if max_messages_per_session < 1:
+            raise InvalidInput("max_messages_per_session must be at least 1.")
+        self.workspace = Path(workspace).expanduser()
+        path = prepare_workspace(self.workspace)
+        check_database_file(path)
+        self.config = checkpoint_config or CheckpointConfig()
+        self.max_messages_per_session = max_messages_per_session
+        self.clock = clock
+        self.tokens = TokenCounter()
+        self.store = open_event_store(path, cache_size)
+        self.db = open_projection_connection(path)
+        self.read = ReadModel(self.db)
+        self.projections = ProjectionRunner(self.db, self.store.recorder, self.store.mapper)
+        self.projections.catch_up()
+
+    def close(self) -> None:
+        self.store.close()
+        self.db.close()
+
+    # -- the command loop ----------------------------------------------------------------
+    def _run(self, decide: Callable[[_Batch], T]) -> T:
+        for _ in range(MAX_ATTEMPTS):
+            batch = _Batch(self.store)
+            try:
+                result = decide(batch)
+                recordings = self.store.save(*batch.aggregates.values())
+            except RecordConflictError:
+                self._forget(batch)
+                continue
+            except BaseException:
+                self._forget(batch)
+                raise
+            self.projections.apply_saved(
+                (recording.domain_event, recording.notification.id) for recording in recordings
+            )
+            return result
+        raise ConcurrencyConflict(
+            f"Gave up after {MAX_ATTEMPTS} attempts: other writers kept appending to the same "
+            "conversation. Retry the call."
+        )
+
+    def _forget(self, batch: _Batch) -> None:
+        for conversation_id in batch.aggregates:
+            self.store.forget(conversation_id)
+
+    def _existing(self, conversation_id: str | UUID) -> UUID:
+        cid = parse_conversation_id(conversation_id)
+        if not self.read.conversation_exists(cid):
+            raise ConversationNotFound(f"No conversation with id {cid}.")
+        return cid
+
+    # -- commands ------------------------------------------------------------------------
+    def start_conversation(
+        self,
+        *,
+        title: str | None = None,
+        system_prompt: str = "",
+        reset_from: UUID | None = None,
+    ) -> UUID:
+        conversation_id = uuid4()
+        view = ViewState().with_new_session(new_id("sess"))
+
+        def decide(batch: _Batch) -> UUID:
+            conversation = batch.add(
+                Conversation.start(
+                    conversation_id=conversation_id,
+                    view=view,
+                    prev_hash=GENESIS_HASH,
+                    timestamp=self.clock(),
+                    title=title,
+                    reset_from=reset_from,
+                )
+            )
+            if system_prompt:
+                self._append(conversation, Role.SYSTEM, content_parts(system_prompt), None, {})
+            return conversation_id
+
+        return self._run(decide)
+
+    def append_message(
+        self,
+        conversation_id: str | UUID,
+        role: str,
+        content: Any,
+        *,
+        category: str | Category | None = None,
+        metadata: dict[str, Any] | None = None,
+        image_paths: Sequence[str | Path] = (),
+    ) -> AppendedMessage:
+        cid = parse_conversation_id(conversation_id)
+        try:
+            the_role = Role(role)
+        except ValueError:
+            raise InvalidInput(
+                f"Unknown role {role!r}; use one of {[r.value for r in Role]}."
+            ) from None
+        the_category = self._category(category)
+        parts = content_parts(content) + tuple(read_image(path) for path in image_paths)
+        meta = _metadata(metadata)
+        return self._run(
+            lambda batch: self._append(batch.get(cid), the_role, parts, the_category, meta)
+        )
+
+    @staticmethod
+    def _category(category: str | Category | None) -> Category | None:
+        if category is None or isinstance(category, Category):
+            return category
+        try:
+            return Category(str(category).upper())
+        except ValueError:
+            raise InvalidInput(
+                f"Unknown category {category!r}; use one of {[c.value for c in Category]}."
+            ) from None
+
+    def _append(
+        self,
+        conversation: Conversation,
+        role: Role,
+        parts: tuple[ContentPart, ...],
+        category: Category | None,
+        metadata: dict[str, Any],
+    ) -> AppendedMessage:
+        now = self.clock()
+        if conversation.session_is_full(self.max_messages_per_session):
+            self._start_session(conversation, "max_messages_per_session reached", now)
+        message_id = new_id("msg")
+        conversation.append_message(
+            message_id=message_id,
+            role=role,
+            category=category or DEFAULT_CATEGORY[role],
+            parts=parts,
+            tokens=self.tokens.count_parts(parts),
+            encoding=self.tokens.encoding_name,
+            timestamp=now,
+            metadata=metadata,
+            eligible=role in ELIGIBLE_ROLES,
+        )
+        position = conversation.version
+        if auto_checkpoint_due(self.config, conversation.view.eligible_since_auto_checkpoint):
+            self._checkpoint(conversation, CheckpointType.AUTO, None, None, now)
+        return AppendedMessage(conversation.id, message_id, position)
+
+    def _start_session(self, conversation: Conversation, reason: str, now: datetime) -> None:
+        previous = conversation.view.session
+        marker = (
+            f"[Session {previous.number + 1} continues conversation {conversation.id} "
+            f"after session {previous.number} ({previous.message_count} messages).]"
+        )
+        conversation.start_session(
+            session_id=new_id("sess"),
+            reason=reason,
+            marker_message_id=new_id("msg"),
+            marker_text=marker,
+            marker_tokens=self.tokens.count_text(marker),
+            encoding=self.tokens.encoding_name,
+            timestamp=now,
+        )
+
+    def _checkpoint(
+        self,
+        conversation: Conversation,
+        checkpoint_type: CheckpointType,
+        name: str | None,
+        description: str | None,
+        now: datetime,
+    ) -> str:
+        checkpoint_id = new_id("cp")
+        conversation.create_checkpoint(
+            checkpoint_id=checkpoint_id,
+            checkpoint_type=checkpoint_type,
+            name=name,
+            description=description,
+            timestamp=now,
+        )
+        if checkpoint_type is CheckpointType.AUTO:
+            self._apply_retention(conversation, checkpoint_id, now)
+        return checkpoint_id
+
+    def _apply_retention(self, conversation: Conversation, newest: str, now: datetime) -> None:
+        """Runs the retention policy when the cap is exceeded, or when the oldest live auto
+        checkpoint may have aged past a boundary (checked without reading the whole index)."""
+        over_cap = conversation.live_auto_checkpoints > self.config.max_auto_checkpoints
+        oldest = [] if over_cap else self.read.checkpoints(conversation.id, "auto", 1, oldest_first=True)
+        keep_all = self.config.retention.get("keep_all_hours", 24) * 3600
+        aged = bool(oldest) and (now - datetime.fromisoformat(oldest[0].created_at)).total_seconds() > keep_all
+        if not (over_cap or aged):
+            return
+        records = [self._record(row) for row in self.read.checkpoints(conversation.id, "auto", limit=None)]
+        records.append(
+            CheckpointRecord(
+                newest,
+                CheckpointType.AUTO,
+                now,
+                max((r.ordinal for r in records), default=0) + 1,
+            )
+        )
+        conversation.prune_checkpoints(
+            checkpoints_to_prune(records, now, self.config), "retention", now
+        )
+
+    @staticmethod
+    def _record(row: CheckpointRow) -> CheckpointRecord:
+        return CheckpointRecord(
+            row.checkpoint_id,
+            CheckpointType(row.type),
+            datetime.fromisoformat(row.created_at),
+            row.auto_ordinal or 0,
+        )
+
+    def create_checkpoint(
+        self,
+        conversation_id: str | UUID,
+        checkpoint_type: CheckpointType = CheckpointType.MANUAL,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> str:
+        cid = parse_conversation_id(conversation_id)
+        return self._run(
+            lambda batch: self._checkpoint(
+                batch.get(cid), checkpoint_type, name, description, self.clock()
+            )
+        )
+
+    def checkpoint(self, checkpoint_id: str) -> CheckpointRow:
+        row = self.read.checkpoint(str(checkpoint_id))
+        if row is None:
+            raise CheckpointNotFound(
+                f"No checkpoint {checkpoint_id!r} (unknown, or pruned by retention)."
+            )
+        return row
+
+    def rollback(self, checkpoint_id: str) -> UUID:
+        """Returns the checkpoint's conversation to the checkpoint's state; returns its id."""
+        target = self.checkpoint(checkpoint_id)
+
+        def decide(batch: _Batch) -> UUID:
+            conversation = batch.get(target.conversation_id)
+            conversation.roll_back(
+                checkpoint_id=target.checkpoint_id,
+                target_position=target.position,
+                view_at_target=self.view_at(target.conversation_id, target.position),
+                undo_checkpoint_id=new_id("cp"),
+                timestamp=self.clock(),
+            )
+            return conversation.id
+
+        return self._run(decide)
+
+    def view_at(self, conversation_id: UUID, position: int) -> ViewState:
+        return self.store.conversation(conversation_id, version=position).view
+
+    def branch(self, source_id: str, title: str | None = None) -> UUID:
+        """A new conversation whose view starts as the state at a checkpoint or snapshot."""
+        checkpoint = self.read.checkpoint(str(source_id))
+        snapshot = None if checkpoint else self.read.snapshot(str(source_id))
+        if checkpoint is None and snapshot is None:
+            raise CheckpointNotFound(f"No checkpoint or snapshot {source_id!r} to branch from.")
+        parent_id, position = (
+            (checkpoint.conversation_id, checkpoint.position)
+            if checkpoint
+            else (snapshot.conversation_id, snapshot.position)  # type: ignore[union-attr]
+        )
+        branch_id = uuid4()
+
+        def decide(batch: _Batch) -> UUID:
+            now = self.clock()
+            parent = batch.get(parent_id)
+            parent.fork(branch_id=branch_id, position=position, source_id=source_id, timestamp=now)
+            fork_event = self.store.stored_event(parent_id, position)
+            branch = batch.add(
+                Conversation.start(
+                    conversation_id=branch_id,
+                    view=self.view_at(parent_id, position).cut(parent_id, position, branch_id, 2),
+                    prev_hash=orjson.loads(fork_event.state)["hash"],
+                    timestamp=now,
+                    title=title,
+                    parent=ForkPoint(
+                        conversation_id=parent_id, position=position, source_id=source_id
+                    ),
+                )
+            )
+            self._checkpoint(branch, CheckpointType.BRANCH, title, f"Branched from {source_id}", now)
+            return branch_id
+
+        return self._run(decide)
+
+    def take_snapshot(self, conversation_id: str | UUID, meta: dict[str, Any] | None = None) -> str:
+        cid = parse_conversation_id(conversation_id)
+        snapshot_meta = _metadata(meta)
+        snapshot_id = new_id("snap")
+        self._run(
+            lambda batch: batch.get(cid).take_snapshot(
+                snapshot_id=snapshot_id, meta=snapshot_meta, timestamp=self.clock()
+            )
+        )
+        return snapshot_id
+
+    def restore_snapshot(self, snapshot_id: str) -> UUID:
+        snapshot = self.read.snapshot(str(snapshot_id))
+        if snapshot is None:
+            raise SnapshotNotFound(f"No snapshot {snapshot_id!r}.")
+
+        def decide(batch: _Batch) -> UUID:
+            conversation = batch.get(snapshot.conversation_id)
+            conversation.restore_snapshot(
+                snapshot_id=snapshot.snapshot_id,
+                target_position=snapshot.position,
+                view_at_target=self.view_at(snapshot.conversation_id, snapshot.position),
+                timestamp=self.clock(),
+            )
+            return conversation.id
+
+        return self._run(decide)
+
+    def load_context_file(self, conversation_id: str | UUID, path: str | Path) -> ContextFile:
+        cid = parse_conversation_id(conversation_id)
+        file = read_context_file(self.workspace, path)
+        if not file.text.strip():
+            raise InvalidInput(f"Context file {file.path} is empty.")
+
+        def decide(batch: _Batch) -> ContextFile:
+            conversation = batch.get(cid)
+            appended = self._append(
+                conversation,
+                Role.SYSTEM,
+                content_parts(f"[Context from {file.name}]\n{file.text}"),
+                Category.CONTEXT,
+                {"source": file.path, "context_file": True},
+            )
+            conversation.record_context_file(
+                path=file.path,
+                name=file.name,
+                location=file.location,
+                size=file.size,
+                modified=file.modified,
+                message_id=appended.message_id,
+                timestamp=self.clock(),
+            )
+            return file
+
+        return self._run(decide)
+
+    def retitle(self, conversation_id: str | UUID, title: str) -> None:
+        cid = parse_conversation_id(conversation_id)
+        if not isinstance(title, str):
+            raise InvalidInput("A title must be a string.")
+        self._run(lambda batch: batch.get(cid).retitle(title, self.clock()))
+
+    def record_model_failure(
+        self, conversation_id: UUID, error: BaseException, partial_text: str = ""
+    ) -> str:
+        """Records the failure and takes an emergency checkpoint (if checkpoints are on)."""
+
+        def decide(batch: _Batch) -> str:
+            now = self.clock()
+            conversation = batch.get(conversation_id)
+            conversation.record_model_failure(
+                error_type=type(error).__name__,
+                message=str(error),
+                partial_text=partial_text,
+                timestamp=now,
+            )
+            if not self.config.enabled:
+                return ""
+            return self._checkpoint(
+                conversation, CheckpointType.EMERGENCY, "Model call failed", str(error)[:200], now
+            )
+
+        return self._run(decide)
+
+    # -- reads ---------------------------------------------------------------------------
+    def conversation(self, conversation_id: str | UUID) -> Conversation:
+        return self.store.conversation(self._existing(conversation_id))
+
+    def history(self, conversation_id: str | UUID) -> list[dict[str, Any]]:
+        conversation = self.conversation(conversation_id)
+        return self.read.transcript(conversation.view.segments(conversation.id, conversation.version))
+
+    def as_of(self, conversation_id: str | UUID, position: int) -> list[dict[str, Any]]:
+        """The active transcript exactly as it was right after event `position`."""
+        cid = self._existing(conversation_id)
+        head = self.store.conversation(cid).version
+        if not isinstance(position, int) or not 1 <= position <= head:
+            raise InvalidInput(f"Position must be between 1 and {head} for conversation {cid}.")
+        return self.read.transcript(self.view_at(cid, position).segments(cid, position))
+
+    def checkpoints(
+        self,
+        conversation_id: str | UUID | None = None,
+        checkpoint_type: str | None = None,
+        limit: int | None = 50,
+        session_id: str | None = None,
+    ) -> list[CheckpointRow]:
+        cid = self._existing(conversation_id) if conversation_id is not None else None
+        if checkpoint_type is not None:
+            try:
+                checkpoint_type = CheckpointType(str(checkpoint_type)).value
+            except ValueError:
+                raise InvalidInput(
+                    f"Unknown checkpoint type {checkpoint_type!r}; use one of "
+                    f"{[t.value for t in CheckpointType]}."
+                ) from None
+        return self.read.checkpoints(cid, checkpoint_type, limit, session_id)
+
+    def list_conversations(
+        self, limit: int = 100, offset: int = 0, search_term: str | None = None
+    ) -> list[dict[str, Any]]:
+        if not isinstance(limit, int) or not isinstance(offset, int) or limit < 0 or offset < 0:
+            raise InvalidInput("limit and offset must be non-negative integers.")
+        return self.read.list_conversations(limit, offset, search_term)
+
+    def verify(self, conversation_id: str | UUID | None = None) -> VerificationReport:
+        only = self._existing(conversation_id) if conversation_id is not None else None
+        return verify(self.store.recorder, only)
+
+    def rebuild_projections(self) -> int:
+        return self.projections.rebuild()
+
+    def branch_tree(self) -> list[dict[str, Any]]:
+        return self.read.branches()
+
+    def loaded_context_files(self, conversation_id: UUID) -> Iterable[dict[str, Any]]:
+        return [m for m in self.history(conversation_id) if m["metadata"].get("context_file")]

@@ -1,0 +1,226 @@
+"""The event catalogue: every fact chatledger records, as immutable pydantic models.
+
+Each event has an explicit, stable TOPIC (so moving a class never orphans stored events) and a
+class_version (older stored versions are upcast on read by `upcast_vN_vN+1` class methods).
+Ids, clocks and token counts are decided by the command and carried in the event: `apply`
+only copies them onto the aggregate, so a replay always rebuilds the same state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
+from eventsourcing.utils import register_topic
+from pydantic import Field
+
+from domain.checkpoints import CheckpointType
+from domain.hashing import event_hash
+from domain.messages import Category, ContentPart, Immutable, Role
+from domain.view import ViewState
+
+
+class ConversationEvent(Immutable, CanMutateAggregate[UUID]):
+    TOPIC: ClassVar[str] = ""
+    class_version: ClassVar[int] = 1
+
+    originator_id: UUID
+    originator_version: int
+    timestamp: datetime
+    prev_hash: str
+    hash: str = ""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "TOPIC" in cls.__dict__:
+            register_topic(cls.TOPIC, cls)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if not self.hash:
+            object.__setattr__(self, "hash", self.compute_hash())
+
+    def compute_hash(self) -> str:
+        return event_hash(self.model_dump(mode="json", exclude={"hash"}))
+
+    def apply(self, aggregate: Any) -> None:
+        aggregate.chain_tip = self.hash
+
+
+class ForkPoint(Immutable):
+    """Where a branch starts: a position of its parent, named by a checkpoint or snapshot."""
+
+    conversation_id: UUID
+    position: int
+    source_id: str
+
+
+class ConversationStarted(ConversationEvent, CanInitAggregate[UUID]):
+    TOPIC = "chatledger:ConversationStarted"
+
+    originator_topic: str
+    title: str | None = None
+    parent: ForkPoint | None = None
+    reset_from: UUID | None = None
+    view: ViewState
+
+    def apply(self, aggregate: Any) -> None:
+        super().apply(aggregate)
+        aggregate.title = self.title
+        aggregate.parent = self.parent
+        aggregate.view = self.view
+        aggregate.live_auto_checkpoints = 0
+
+
+class MessageAppended(ConversationEvent):
+    TOPIC = "chatledger:MessageAppended"
+
+    message_id: str
+    role: Role
+    category: Category
+    parts: tuple[ContentPart, ...]
+    tokens: int
+    encoding: str
+    session_id: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    #: Carried into every new session (SYSTEM and CONTEXT messages).
+    pinned: bool = False
+    #: Counts towards automatic checkpoints (dialog and tool messages).
+    eligible: bool = False
+
+    def apply(self, aggregate: Any) -> None:
+        super().apply(aggregate)
+        aggregate.view = aggregate.view.with_message(
+            self.message_id, self.category, self.tokens, eligible=self.eligible, pinned=self.pinned
+        )
+
+
+class SessionStarted(ConversationEvent):
+    """A new session segment. It carries the pinned messages by reference and adds exactly one
+    transition marker message (never the previous session's marker)."""
+
+    TOPIC = "chatledger:SessionStarted"
+
+    session_id: str
+    previous_session_id: str
+    reason: str
+    marker_message_id: str
+    marker_text: str
+    marker_tokens: int
+    encoding: str
+
+    def apply(self, aggregate: Any) -> None:
+        super().apply(aggregate)
+        aggregate.view = aggregate.view.with_new_session(self.session_id).with_message(
+            self.marker_message_id,
+            Category.SYSTEM,
+            self.marker_tokens,
+            eligible=False,
+            pinned=False,
+        )
+
+
+class CheckpointCreated(ConversationEvent):
+    TOPIC = "chatledger:CheckpointCreated"
+
+    checkpoint_id: str
+    checkpoint_type: CheckpointType
+    name: str | None = None
+    description: str | None = None
+    session_id: str
+    message_count: int
+
+    def apply(self, aggregate: Any) -> None:
+        super().apply(aggregate)
+        if self.checkpoint_type is CheckpointType.AUTO:
+            aggregate.view = aggregate.view.after_auto_checkpoint()
+            aggregate.live_auto_checkpoints += 1
+
+
+class CheckpointsPruned(ConversationEvent):
+    """Retention removed these auto checkpoints from the index (never from the log)."""
+
+    TOPIC = "chatledger:CheckpointsPruned"
+
+    checkpoint_ids: tuple[str, ...]
+    reason: str
+
+    def apply(self, aggregate: Any) -> None:
+        super().apply(aggregate)
+        aggregate.live_auto_checkpoints -= len(self.checkpoint_ids)
+
+
+class ViewReplaced(ConversationEvent):
+    """Base of rollback and restore: the view becomes the state at `target_position`.
+    `view` is what that resolves to, so no reader has to replay to find out."""
+
+    target_position: int
+    view: ViewState
+
+    def apply(self, aggregate: Any) -> None:
+        super().apply(aggregate)
+        aggregate.view = self.view
+
+
+class RolledBack(ViewReplaced):
+    TOPIC = "chatledger:RolledBack"
+
+    checkpoint_id: str
+    undo_checkpoint_id: str
+
+
+class SnapshotRestored(ViewReplaced):
+    TOPIC = "chatledger:SnapshotRestored"
+
+    snapshot_id: str
+
+
+class BranchForked(ConversationEvent):
+    """Recorded on the parent when a branch starts from one of its positions."""
+
+    TOPIC = "chatledger:BranchForked"
+
+    branch_id: UUID
+    position: int
+    source_id: str
+
+
+class SnapshotTaken(ConversationEvent):
+    TOPIC = "chatledger:SnapshotTaken"
+
+    snapshot_id: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContextFileLoaded(ConversationEvent):
+    TOPIC = "chatledger:ContextFileLoaded"
+
+    path: str
+    name: str
+    location: str
+    size: int
+    modified: float
+    message_id: str
+
+
+class ConversationTitled(ConversationEvent):
+    TOPIC = "chatledger:ConversationTitled"
+
+    title: str
+
+    def apply(self, aggregate: Any) -> None:
+        super().apply(aggregate)
+        aggregate.title = self.title
+
+
+class ModelCallFailed(ConversationEvent):
+    TOPIC = "chatledger:ModelCallFailed"
+
+    error_type: str
+    message: str
+    partial_text: str = ""
+
+
+#: Events that put a message into the transcript.
+MESSAGE_TOPICS = (MessageAppended.TOPIC, SessionStarted.TOPIC)

@@ -1,0 +1,89 @@
+"""Messages and their content parts: immutable value objects."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Immutable(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class Category(StrEnum):
+    """What a message is for; the context window budgets and trims by category."""
+
+    SYSTEM = "SYSTEM"
+    CONTEXT = "CONTEXT"
+    DIALOG = "DIALOG"
+    SYSTEM_OUTPUT = "SYSTEM_OUTPUT"
+    ERROR = "ERROR"
+
+
+DEFAULT_CATEGORY: dict[Role, Category] = {
+    Role.SYSTEM: Category.SYSTEM,
+    Role.USER: Category.DIALOG,
+    Role.ASSISTANT: Category.DIALOG,
+    Role.TOOL: Category.SYSTEM_OUTPUT,
+}
+
+#: Roles whose messages count towards automatic checkpoints.
+ELIGIBLE_ROLES = frozenset({Role.USER, Role.ASSISTANT, Role.TOOL})
+
+
+class TextPart(Immutable):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(Immutable):
+    type: Literal["image"] = "image"
+    path: str
+    media_type: str
+    sha256: str
+    size: int
+
+
+class ToolCallPart(Immutable):
+    type: Literal["tool_call"] = "tool_call"
+    call_id: str
+    name: str
+    arguments: str
+
+
+class ToolResultPart(Immutable):
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    content: str
+
+
+ContentPart = Annotated[
+    TextPart | ImagePart | ToolCallPart | ToolResultPart, Field(discriminator="type")
+]
+
+
+def text_of(parts: tuple[ContentPart, ...]) -> str:
+    """The plain text a person reads in these parts (used for titles and search)."""
+    texts: list[str] = []
+    for part in parts:
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+        elif isinstance(part, ToolResultPart):
+            texts.append(part.content)
+    return "\n".join(texts)
+
+
+def parts_as_content(parts: tuple[ContentPart, ...]) -> str | list[dict[str, Any]]:
+    """Penguin's shape: a plain string for one text part, a list of part dicts otherwise."""
+    if len(parts) == 1 and isinstance(parts[0], TextPart):
+        return parts[0].text
+    return [part.model_dump() for part in parts]

@@ -1,0 +1,118 @@
+"""The conversation index: one row per conversation with its title, times, counts and the
+shape of its active view (segments), which is all a reader needs to load its transcript."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import orjson
+
+from domain import events
+from domain.messages import Role, text_of
+from domain.view import ViewState
+from projections.base import Handler, Projection
+
+
+def view_columns(view: ViewState) -> dict[str, Any]:
+    return {
+        "closed": orjson.dumps([s.model_dump(mode="json") for s in view.closed]),
+        "open_from": view.open_from,
+        "message_count": view.message_count,
+        "token_count": view.token_count,
+    }
+
+
+class ConversationIndex(Projection):
+    name = "conversations"
+    tables = ("conversations",)
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS conversations (
+            conversation_id TEXT PRIMARY KEY,
+            title TEXT,
+            first_user_text TEXT,
+            created_at TEXT NOT NULL,
+            last_active TEXT NOT NULL,
+            head INTEGER NOT NULL,
+            parent_id TEXT,
+            parent_position INTEGER,
+            closed BLOB NOT NULL,
+            open_from INTEGER NOT NULL,
+            message_count INTEGER NOT NULL,
+            token_count INTEGER NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS conversations_by_activity "
+        "ON conversations (last_active DESC, conversation_id)",
+    )
+
+    def handlers(self) -> dict[type, Handler]:
+        return {
+            events.ConversationStarted: self._started,
+            events.MessageAppended: self._message,
+            events.SessionStarted: self._session,
+            events.RolledBack: self._replaced,
+            events.SnapshotRestored: self._replaced,
+            events.ConversationTitled: self._titled,
+        }
+
+    def _started(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        parent = event.parent
+        columns = view_columns(event.view)
+        cursor.execute(
+            "INSERT INTO conversations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                event.originator_id.hex,
+                event.title,
+                None,
+                event.timestamp.isoformat(),
+                event.timestamp.isoformat(),
+                event.originator_version,
+                parent.conversation_id.hex if parent else None,
+                parent.position if parent else None,
+                columns["closed"],
+                columns["open_from"],
+                columns["message_count"],
+                columns["token_count"],
+            ),
+        )
+
+    def _message(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        self._count(cursor, event, event.tokens)
+        if event.role is Role.USER:
+            cursor.execute(
+                "UPDATE conversations SET first_user_text=? "
+                "WHERE conversation_id=? AND first_user_text IS NULL",
+                (text_of(event.parts), event.originator_id.hex),
+            )
+
+    def _session(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        self._count(cursor, event, event.marker_tokens)
+
+    def _count(self, cursor: sqlite3.Cursor, event: Any, tokens: int) -> None:
+        cursor.execute(
+            "UPDATE conversations SET message_count=message_count+1, "
+            "token_count=token_count+?, last_active=?, head=? WHERE conversation_id=?",
+            (tokens, event.timestamp.isoformat(), event.originator_version, event.originator_id.hex),
+        )
+
+    def _replaced(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        columns = view_columns(event.view)
+        cursor.execute(
+            "UPDATE conversations SET closed=?, open_from=?, message_count=?, token_count=?, "
+            "last_active=?, head=? WHERE conversation_id=?",
+            (
+                columns["closed"],
+                columns["open_from"],
+                columns["message_count"],
+                columns["token_count"],
+                event.timestamp.isoformat(),
+                event.originator_version,
+                event.originator_id.hex,
+            ),
+        )
+
+    def _titled(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        cursor.execute(
+            "UPDATE conversations SET title=? WHERE conversation_id=?",
+            (event.title, event.originator_id.hex),
+        )

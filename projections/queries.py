@@ -1,0 +1,237 @@
+"""Reads: every question the application asks of the read models, in one place.
+
+Transcripts are read straight from the log by segment (a range scan on the stream's primary
+key), decoded with orjson without building pydantic models: the log is the one source of
+truth, and that path is as fast as a raw SELECT + JSON decode."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from domain.events import MESSAGE_TOPICS, MessageAppended
+from domain.messages import Category, Role
+from domain.titles import conversation_title
+from domain.view import Segment
+from projections.search import match_expression
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    checkpoint_id: str
+    conversation_id: UUID
+    position: int
+    type: str
+    created_at: str
+    session_id: str
+    message_count: int
+    name: str | None
+    description: str | None
+    auto_ordinal: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.checkpoint_id,
+            "type": self.type,
+            "created_at": self.created_at,
+            "session_id": self.session_id,
+            "message_count": self.message_count,
+            "name": self.name,
+            "description": self.description,
+            "auto": self.type == "auto",
+            "conversation_id": str(self.conversation_id),
+            "position": self.position,
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    snapshot_id: str
+    conversation_id: UUID
+    position: int
+    created_at: str
+    meta: dict[str, Any]
+
+
+def _message_dict(topic: str, position: int, conversation_id: str, state: bytes) -> dict[str, Any]:
+    doc = orjson.loads(state)
+    if topic == MessageAppended.TOPIC:
+        parts = doc["parts"]
+        content: Any = parts[0]["text"] if len(parts) == 1 and parts[0]["type"] == "text" else parts
+        return {
+            "id": doc["message_id"],
+            "role": doc["role"],
+            "content": content,
+            "category": doc["category"],
+            "metadata": doc["metadata"],
+            "tokens": doc["tokens"],
+            "session_id": doc["session_id"],
+            "timestamp": doc["timestamp"],
+            "conversation_id": str(UUID(conversation_id)),
+            "position": position,
+        }
+    return {
+        "id": doc["marker_message_id"],
+        "role": Role.SYSTEM.value,
+        "content": doc["marker_text"],
+        "category": Category.SYSTEM.value,
+        "metadata": {"session_transition": True, "previous_session_id": doc["previous_session_id"]},
+        "tokens": doc["marker_tokens"],
+        "session_id": doc["session_id"],
+        "timestamp": doc["timestamp"],
+        "conversation_id": str(UUID(conversation_id)),
+        "position": position,
+    }
+
+
+class ReadModel:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.db = connection
+
+    # -- transcripts -------------------------------------------------------------------
+    def transcript(self, segments: Iterable[Segment]) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        placeholders = ",".join("?" * len(MESSAGE_TOPICS))
+        statement = (
+            "SELECT originator_version, topic, state FROM stored_events "
+            "WHERE originator_id=? AND originator_version BETWEEN ? AND ? "
+            f"AND topic IN ({placeholders}) ORDER BY originator_version"
+        )
+        for segment in segments:
+            stream = segment.conversation_id.hex
+            rows = self.db.execute(statement, (stream, segment.first, segment.last, *MESSAGE_TOPICS))
+            messages.extend(_message_dict(topic, pos, stream, state) for pos, topic, state in rows)
+        return messages
+
+    # -- conversations -----------------------------------------------------------------
+    def conversation_exists(self, conversation_id: UUID) -> bool:
+        return (
+            self.db.execute(
+                "SELECT 1 FROM conversations WHERE conversation_id=?", (conversation_id.hex,)
+            ).fetchone()
+            is not None
+        )
+
+    def list_conversations(
+        self, limit: int, offset: int, search_term: str | None
+    ) -> list[dict[str, Any]]:
+        where, params = "", []
+        if search_term and search_term.strip():
+            expression = match_expression(search_term)
+            like = f"%{search_term.strip().lower()}%"
+            where = (
+                "WHERE lower(coalesce(title, '')) LIKE ? OR lower(coalesce(first_user_text, '')) "
+                "LIKE ? OR conversation_id IN (SELECT e.originator_id FROM message_search s "
+                "JOIN stored_events e ON e.rowid = s.rowid WHERE message_search MATCH ?)"
+            )
+            params = [like, like, expression or '""']
+        rows = self.db.execute(
+            "SELECT conversation_id, title, first_user_text, created_at, last_active, "
+            f"message_count, token_count FROM conversations {where} "
+            "ORDER BY last_active DESC, conversation_id LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        ).fetchall()
+        return [
+            {
+                "id": str(UUID(cid)),
+                "title": conversation_title(title, first_text, str(UUID(cid))),
+                "created_at": created,
+                "last_active": active,
+                "message_count": messages,
+                "token_count": tokens,
+            }
+            for cid, title, first_text, created, active, messages, tokens in rows
+        ]
+
+    def sessions(self, conversation_id: UUID) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT session_id, number, started_position, started_at, previous_session_id, reason "
+            "FROM sessions WHERE conversation_id=? ORDER BY number",
+            (conversation_id.hex,),
+        )
+        keys = ("session_id", "number", "started_position", "started_at", "previous", "reason")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def branches(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT branch_id, parent_id, position, source_id, created_at FROM branches "
+            "ORDER BY created_at"
+        )
+        return [
+            {
+                "branch_id": str(UUID(b)),
+                "parent_id": str(UUID(p)),
+                "position": pos,
+                "source_id": src,
+                "created_at": at,
+            }
+            for b, p, pos, src, at in rows
+        ]
+
+    # -- checkpoints and snapshots -------------------------------------------------------
+    _CHECKPOINT_COLUMNS = (
+        "checkpoint_id, conversation_id, position, type, created_at, session_id, "
+        "message_count, name, description, auto_ordinal"
+    )
+
+    def checkpoint(self, checkpoint_id: str) -> CheckpointRow | None:
+        row = self.db.execute(
+            f"SELECT {self._CHECKPOINT_COLUMNS} FROM checkpoints "
+            "WHERE checkpoint_id=? AND pruned=0",
+            (checkpoint_id,),
+        ).fetchone()
+        return self._checkpoint(row) if row else None
+
+    def checkpoints(
+        self,
+        conversation_id: UUID | None,
+        checkpoint_type: str | None = None,
+        limit: int | None = 50,
+        session_id: str | None = None,
+        *,
+        oldest_first: bool = False,
+    ) -> list[CheckpointRow]:
+        clauses, params = ["pruned=0"], []
+        if conversation_id is not None:
+            clauses.append("conversation_id=?")
+            params.append(conversation_id.hex)
+        if checkpoint_type is not None:
+            clauses.append("type=?")
+            params.append(checkpoint_type)
+        if session_id is not None:
+            clauses.append("session_id=?")
+            params.append(session_id)
+        statement = (
+            f"SELECT {self._CHECKPOINT_COLUMNS} FROM checkpoints WHERE {' AND '.join(clauses)} "
+            + ("ORDER BY created_at, position" if oldest_first else "ORDER BY created_at DESC, position DESC")
+        )
+        if limit is not None:
+            statement += " LIMIT ?"
+            params.append(limit)
+        return [self._checkpoint(row) for row in self.db.execute(statement, params)]
+
+    @staticmethod
+    def _checkpoint(row: tuple[Any, ...]) -> CheckpointRow:
+        return CheckpointRow(row[0], UUID(row[1]), *row[2:])
+
+    def snapshot(self, snapshot_id: str) -> SnapshotRow | None:
+        row = self.db.execute(
+            "SELECT snapshot_id, conversation_id, position, created_at, meta FROM snapshots "
+            "WHERE snapshot_id=?",
+            (snapshot_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return SnapshotRow(row[0], UUID(row[1]), row[2], row[3], orjson.loads(row[4]))
+
+    def table_dump(self, tables: Iterable[str]) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of the given tables, ordered: for comparing a rebuild with live views."""
+        return {
+            table: sorted(self.db.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+            for table in tables
+        }

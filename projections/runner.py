@@ -1,0 +1,141 @@
+"""Keeps the projections caught up with the log, exactly once.
+
+The eventsourcing library's ProjectionRunner needs recorder subscriptions, which its SQLite
+recorder does not have, and its tracking recorder commits on its own connection. So this
+runner pulls the notification log itself and commits every projection's rows together with
+the tracking position in one transaction on the projections' connection."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from eventsourcing.persistence import ApplicationRecorder, Mapper
+
+from projections.base import Handler, Projection
+from projections.branches import BranchTree
+from projections.checkpoints import CheckpointIndex
+from projections.conversations import ConversationIndex
+from projections.search import MessageSearch
+from projections.sessions import SessionIndex
+from projections.token_usage import TokenUsageHistory
+
+BATCH_SIZE = 1000
+
+
+def all_projections() -> list[Projection]:
+    return [
+        ConversationIndex(),
+        CheckpointIndex(),
+        SessionIndex(),
+        BranchTree(),
+        TokenUsageHistory(),
+        MessageSearch(),
+    ]
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        recorder: ApplicationRecorder,
+        mapper: Mapper[Any],
+        projections: Sequence[Projection] | None = None,
+    ) -> None:
+        self.db = connection
+        self.recorder = recorder
+        self.mapper = mapper
+        self.projections = list(projections or all_projections())
+        self._dispatch: dict[type, list[Handler]] = {}
+        for projection in self.projections:
+            for event_type, handler in projection.handlers().items():
+                self._dispatch.setdefault(event_type, []).append(handler)
+        with self._transaction() as cursor:
+            cursor.execute(
+                "CREATE TABLE IF NOT EXISTS projection_tracking "
+                "(name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
+            )
+            for projection in self.projections:
+                projection.create(cursor)
+                cursor.execute(
+                    "INSERT OR IGNORE INTO projection_tracking VALUES (?, 0)", (projection.name,)
+                )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db.cursor()
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def position(self) -> int:
+        rows = self.db.execute("SELECT MIN(position) FROM projection_tracking").fetchone()
+        return int(rows[0] or 0)
+
+    def apply_saved(self, saved: Iterable[tuple[Any, int]]) -> None:
+        """Applies events just saved by this process (with their notification ids) without
+        reading them back, unless another writer got in between: then it pulls the log."""
+        batch = list(saved)
+        if not batch:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            position = self.position()
+            first = batch[0][1]
+            if position >= batch[-1][1]:
+                self.db.execute("ROLLBACK")
+                return
+            if position == first - 1:
+                self._apply(batch)
+                self._track(batch[-1][1])
+                self.db.execute("COMMIT")
+                return
+            self.db.execute("ROLLBACK")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.catch_up()
+
+    def catch_up(self) -> int:
+        """Applies every notification not yet applied; returns how many were applied."""
+        applied = 0
+        while True:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                position = self.position()
+                notifications = self.recorder.select_notifications(
+                    start=position + 1, limit=BATCH_SIZE
+                )
+                if not notifications:
+                    self.db.execute("ROLLBACK")
+                    return applied
+                self._apply((self.mapper.to_domain_event(n), n.id) for n in notifications)
+                self._track(notifications[-1].id)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            applied += len(notifications)
+
+    def rebuild(self) -> int:
+        """Drops every projection and replays the whole log into fresh tables."""
+        with self._transaction() as cursor:
+            for projection in self.projections:
+                projection.drop(cursor)
+                projection.create(cursor)
+            cursor.execute("UPDATE projection_tracking SET position=0")
+        return self.catch_up()
+
+    def _apply(self, batch: Iterable[tuple[Any, int]]) -> None:
+        cursor = self.db.cursor()
+        for event, notification_id in batch:
+            for handler in self._dispatch.get(type(event), ()):
+                handler(cursor, event, notification_id)
+
+    def _track(self, position: int) -> None:
+        self.db.execute("UPDATE projection_tracking SET position=?", (position,))
