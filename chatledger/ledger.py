@@ -6,7 +6,7 @@ ConversationManager (Penguin's API) is a thin layer over this; the CLI and tests
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -475,7 +475,7 @@ class Ledger:
             appended = self._append(
                 conversation,
                 Role.SYSTEM,
-                content_parts(f"[Context from {file.name}]\n{file.text}"),
+                content_parts(file.text),
                 Category.CONTEXT,
                 {"source": file.path, "context_file": True},
             )
@@ -571,5 +571,3 @@ class Ledger:
     def branch_tree(self) -> list[dict[str, Any]]:
         return self.read.branches()
 
-    def loaded_context_files(self, conversation_id: UUID) -> Iterable[dict[str, Any]]:
-        return [m for m in self.history(conversation_id) if m["metadata"].get("context_file")]

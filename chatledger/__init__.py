@@ -1,0 +1,36 @@
+"""chatledger: an append-only, event-sourced conversation manager for LLM applications."""
+
+from chatledger.errors import (
+    ChatledgerError,
+    CheckpointNotFound,
+    ConcurrencyConflict,
+    ConversationNotFound,
+    FileInputError,
+    InvalidInput,
+    NotFound,
+    SnapshotNotFound,
+    StoreError,
+    WorkspaceError,
+)
+from chatledger.ledger import Ledger
+from chatledger.manager import ConversationManager
+from chatledger.message import Message
+from domain.checkpoints import CheckpointConfig, CheckpointType
+
+__all__ = [
+    "ChatledgerError",
+    "CheckpointConfig",
+    "CheckpointNotFound",
+    "CheckpointType",
+    "ConcurrencyConflict",
+    "ConversationManager",
+    "ConversationNotFound",
+    "FileInputError",
+    "InvalidInput",
+    "Ledger",
+    "Message",
+    "NotFound",
+    "SnapshotNotFound",
+    "StoreError",
+    "WorkspaceError",
+]

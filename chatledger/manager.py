@@ -1,0 +1,328 @@
+"""ConversationManager: Penguin's ConversationManager API over the event-sourced ledger.
+
+Where Penguin's API returns False/None for a documented failure, the wrapper here catches the
+typed error raised by the Ledger method it wraps; everything else propagates as a typed
+ChatledgerError."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from chatledger.ledger import Ledger, content_parts
+from chatledger.message import Message
+from chatledger.model_request import model_messages
+from domain.checkpoints import CheckpointConfig, CheckpointType
+from domain.errors import FileInputError, InvalidInput, NotFound
+from domain.messages import Category
+from infrastructure.files import list_context_files, read_context_file, read_image
+from infrastructure.offline_model import OfflineModel
+
+#: Used when model_config names no context window.
+DEFAULT_CONTEXT_WINDOW = 128_000
+USABLE_WINDOW_SHARE = 0.85
+
+
+def _config_value(model_config: Any, *names: str) -> Any:
+    for name in names:
+        value = (
+            model_config.get(name)
+            if isinstance(model_config, dict)
+            else getattr(model_config, name, None)
+        )
+        if value is not None:
+            return value
+    return None
+
+
+class ConversationManager:
+    def __init__(
+        self,
+        model_config: Any = None,
+        api_client: Any = None,
+        workspace_path: Path | str | None = None,
+        system_prompt: str = "",
+        max_messages_per_session: int = 5000,
+        max_sessions_in_memory: int = 20,
+        auto_save_interval: int = 60,
+        checkpoint_config: CheckpointConfig | None = None,
+    ) -> None:
+        if not isinstance(system_prompt, str):
+            raise InvalidInput("system_prompt must be a string.")
+        workspace = Path(workspace_path) if workspace_path else Path.cwd() / ".chatledger"
+        self.checkpoint_config = checkpoint_config or CheckpointConfig()
+        self.ledger = Ledger(
+            workspace,
+            checkpoint_config=self.checkpoint_config,
+            max_messages_per_session=max_messages_per_session,
+            cache_size=max_sessions_in_memory,
+        )
+        self.workspace = self.ledger.workspace
+        self.model_config = model_config
+        self.api_client = api_client if api_client is not None else OfflineModel()
+        self.system_prompt = system_prompt
+        # Every event is durable when its call returns; kept for Penguin compatibility.
+        self.auto_save_interval = auto_save_interval
+        self._active: UUID | None = None
+
+    # -- the active conversation -----------------------------------------------------------
+    @property
+    def active_id(self) -> UUID:
+        if self._active is None:
+            self._active = self.ledger.start_conversation(system_prompt=self.system_prompt)
+        return self._active
+
+    def get_conversation_id(self) -> str:
+        return str(self.active_id)
+
+    def load(self, conversation_id: str) -> bool:
+        try:
+            self._active = self.ledger.conversation(conversation_id).id
+        except NotFound:
+            return False
+        return True
+
+    def reset(self) -> None:
+        """Starts a fresh conversation (the previous one stays in the log, listable)."""
+        self._active = self.ledger.start_conversation(
+            system_prompt=self.system_prompt, reset_from=self._active
+        )
+
+    def save(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # -- messages ----------------------------------------------------------------------
+    def add_message(
+        self,
+        role: str,
+        content: Any,
+        category: str | Category | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Message:
+        appended = self.ledger.append_message(
+            self.active_id, role, content, category=category, metadata=metadata
+        )
+        return self._message(appended.message_id)
+
+    def add_context(self, content: str, source: str | None = None) -> Message:
+        return self.add_message(
+            "system", content, Category.CONTEXT, {"source": source} if source else None
+        )
+
+    def _message(self, message_id: str) -> Message:
+        for row in reversed(self.get_history_rows()):
+            if row["id"] == message_id:
+                return Message.from_transcript(row)
+        raise NotFound(f"Message {message_id} is not in the active view.")  # pragma: no cover
+
+    def get_history_rows(self) -> list[dict[str, Any]]:
+        return self.ledger.history(self.active_id)
+
+    def get_history(self) -> list[dict[str, Any]]:
+        return [Message.from_transcript(row).to_dict() for row in self.get_history_rows()]
+
+    def load_context_file(self, file_path: str | Path) -> bool:
+        try:
+            self.ledger.load_context_file(self.active_id, file_path)
+        except FileInputError:
+            return False
+        return True
+
+    def list_context_files(self) -> list[dict[str, Any]]:
+        return list_context_files(self.workspace)
+
+    # -- the model turn ----------------------------------------------------------------
+    async def process_message(
+        self,
+        message: str,
+        conversation_id: str | None = None,
+        image_path: str | Path | list[str | Path] | None = None,
+        streaming: bool = False,
+        stream_callback: Callable[[str], Any] | None = None,
+        context_files: list[str | Path] | None = None,
+    ) -> str | AsyncGenerator[str, None]:
+        if conversation_id is not None:
+            self._active = self.ledger.conversation(conversation_id).id
+        # Check everything before writing anything, so bad input leaves no half turn behind.
+        content_parts(message)
+        images = [image_path] if isinstance(image_path, str | Path) else list(image_path or [])
+        for image in images:
+            read_image(image)
+        for file in context_files or []:
+            read_context_file(self.workspace, file)
+
+        for file in context_files or []:
+            self.ledger.load_context_file(self.active_id, file)
+        self.ledger.append_message(self.active_id, "user", message, image_paths=images)
+        request = self._model_request()
+        if streaming and stream_callback is None:
+            return self._stream_turn(request)
+        try:
+            if streaming:
+                text = await self._call_streaming(request, stream_callback)
+            else:
+                text = await self.api_client.get_response(request, max_tokens=self._max_tokens())
+        except Exception as error:
+            return self._failed(error)
+        self._record_answer(text)
+        return text
+
+    def _model_request(self) -> list[dict[str, Any]]:
+        conversation = self.ledger.conversation(self.active_id)
+        pinned = {pin.message_id for pin in conversation.view.pinned}
+        return model_messages(self.get_history_rows(), conversation.session_id, pinned)
+
+    def _max_tokens(self) -> int | None:
+        return _config_value(self.model_config, "max_tokens", "max_output_tokens")
+
+    async def _call_streaming(
+        self, request: list[dict[str, Any]], callback: Callable[[str], Any] | None
+    ) -> str:
+        pending: list[Any] = []
+
+        def relay(chunk: str) -> None:
+            if callback is not None:
+                result = callback(chunk)
+                if inspect.isawaitable(result):
+                    pending.append(asyncio.ensure_future(result))
+
+        try:
+            text = await self.api_client.get_response(
+                request, max_tokens=self._max_tokens(), stream=True, stream_callback=relay
+            )
+        except TypeError:
+            # A client that cannot stream: fall back to one plain call, delivered as one chunk.
+            text = await self.api_client.get_response(request, max_tokens=self._max_tokens())
+            relay(text)
+        for task in pending:
+            await task
+        return text or ""
+
+    async def _stream_turn(self, request: list[dict[str, Any]]) -> AsyncGenerator[str, None]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        call = asyncio.ensure_future(self._call_streaming(request, queue.put_nowait))
+        call.add_done_callback(lambda _: queue.put_nowait(None))
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+        try:
+            text = call.result()
+        except Exception as error:
+            yield self._failed(error)
+            return
+        self._record_answer(text)
+
+    def _record_answer(self, text: str) -> None:
+        # An empty answer is not an error, and there is nothing to record.
+        if text and text.strip():
+            self.ledger.append_message(self.active_id, "assistant", text)
+
+    def _failed(self, error: Exception) -> str:
+        self.ledger.record_model_failure(self.active_id, error)
+        return f"Error processing message: {error}"
+
+    # -- checkpoints, branches, snapshots --------------------------------------------------
+    async def create_manual_checkpoint(
+        self, name: str | None = None, description: str | None = None
+    ) -> str | None:
+        if not self.checkpoint_config.enabled:
+            return None
+        return self.ledger.create_checkpoint(self.active_id, CheckpointType.MANUAL, name, description)
+
+    async def rollback_to_checkpoint(self, checkpoint_id: str) -> bool:
+        try:
+            self._active = self.ledger.rollback(checkpoint_id)
+        except NotFound:
+            return False
+        return True
+
+    async def branch_from_checkpoint(
+        self, checkpoint_id: str, name: str | None = None, description: str | None = None
+    ) -> str | None:
+        try:
+            self._active = self.ledger.branch(checkpoint_id, name)
+        except NotFound:
+            return None
+        return str(self._active)
+
+    def list_checkpoints(
+        self,
+        session_id: str | None = None,
+        checkpoint_type: str | CheckpointType | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        conversation_id, segment = None, None
+        if session_id is not None:
+            try:
+                conversation_id = UUID(str(session_id))
+            except ValueError:
+                segment = str(session_id)
+        kind = checkpoint_type.value if isinstance(checkpoint_type, CheckpointType) else checkpoint_type
+        rows = self.ledger.checkpoints(conversation_id, kind, limit, segment)
+        return [row.as_dict() for row in rows]
+
+    def create_snapshot(self, *, meta: dict[str, Any] | None = None) -> str | None:
+        return self.ledger.take_snapshot(self.active_id, meta)
+
+    def restore_snapshot(self, snapshot_id: str) -> bool:
+        try:
+            self._active = self.ledger.restore_snapshot(snapshot_id)
+        except NotFound:
+            return False
+        return True
+
+    def branch_from_snapshot(
+        self, snapshot_id: str, *, meta: dict[str, Any] | None = None
+    ) -> str | None:
+        title = (meta or {}).get("name") or (meta or {}).get("title")
+        try:
+            self._active = self.ledger.branch(snapshot_id, title)
+        except NotFound:
+            return None
+        return str(self._active)
+
+    # -- listings and usage ------------------------------------------------------------
+    def list_conversations(
+        self, limit: int = 100, offset: int = 0, search_term: str | None = None
+    ) -> list[dict[str, Any]]:
+        return self.ledger.list_conversations(limit, offset, search_term)
+
+    def get_token_usage(self) -> dict[str, Any]:
+        view = self.ledger.conversation(self.active_id).view
+        window = _config_value(
+            self.model_config, "context_window", "max_context_window_tokens", "max_history_tokens"
+        )
+        usable = int((window or DEFAULT_CONTEXT_WINDOW) * USABLE_WINDOW_SHARE)
+        session = view.session
+        categories = {c.value: session.tokens_by_category.get(c.value, 0) for c in Category}
+        total = sum(categories.values())
+        return {
+            "current_total_tokens": total,
+            "max_context_window_tokens": usable,
+            "available_tokens": max(0, usable - total),
+            "percentage": min(100.0, 100.0 * total / usable) if usable else 100.0,
+            "categories": categories,
+            "truncations": {
+                "total_truncations": 0,
+                "messages_removed": 0,
+                "tokens_freed": 0,
+                "by_category": {},
+            },
+            "sessions": [
+                {
+                    "session_id": s.session_id,
+                    "number": s.number,
+                    "message_count": s.message_count,
+                    "tokens": s.tokens,
+                }
+                for s in view.sessions
+            ],
+            "chain_total": view.token_count,
+            "encoding": self.ledger.tokens.encoding_name,
+        }
