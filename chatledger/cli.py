@@ -1,0 +1,222 @@
+"""The `chatledger` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from chatledger.ledger import Ledger
+from chatledger.manager import ConversationManager
+from domain.errors import ChatledgerError
+
+app = typer.Typer(help="chatledger: an append-only, event-sourced conversation ledger.")
+console = Console()
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace folder (default: ./.chatledger)."),
+]
+
+
+def _workspace(workspace: Path | None) -> Path:
+    return workspace or Path.cwd() / ".chatledger"
+
+
+def _ledger(workspace: Path | None) -> Ledger:
+    try:
+        return Ledger(_workspace(workspace))
+    except ChatledgerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+DEMO_TURNS = (
+    "Hi! I'm planning a three-day trip to Lisbon.",
+    "What neighbourhoods should I stay in?",
+    "I prefer somewhere quiet but walkable.",
+)
+DEMO_MORE = ("Actually, what about day trips to Sintra?", "And how do I get there by train?")
+DEMO_BRANCH = ("Let's plan Porto instead.",)
+
+
+async def _demo(workspace: Path) -> None:
+    manager = ConversationManager(
+        workspace_path=workspace, system_prompt="You are a concise travel assistant."
+    )
+    for turn in DEMO_TURNS:
+        console.print(f"[bold cyan]user[/]: {turn}")
+        console.print(f"[bold green]assistant[/]: {await manager.process_message(turn)}")
+    checkpoint = await manager.create_manual_checkpoint("before Sintra", "after choosing a stay")
+    assert checkpoint is not None
+    console.print(f"[yellow]checkpoint[/] {checkpoint}")
+    for turn in DEMO_MORE:
+        console.print(f"[bold cyan]user[/]: {turn}")
+        console.print(f"[bold green]assistant[/]: {await manager.process_message(turn)}")
+    await manager.rollback_to_checkpoint(checkpoint)
+    console.print(
+        f"[yellow]rolled back[/] to {checkpoint}: {len(manager.get_history())} messages in view"
+    )
+    branch = await manager.branch_from_checkpoint(checkpoint, "Porto instead")
+    console.print(f"[yellow]branched[/] {branch}")
+    for turn in DEMO_BRANCH:
+        console.print(f"[bold cyan]user[/]: {turn}")
+        console.print(f"[bold green]assistant[/]: {await manager.process_message(turn)}")
+    _print_tree(manager.ledger)
+    _print_checkpoints(manager.list_checkpoints(limit=10))
+    usage = manager.get_token_usage()
+    console.print(
+        f"[bold]token usage[/] {usage['current_total_tokens']} of "
+        f"{usage['max_context_window_tokens']} ({usage['percentage']:.2f}%) "
+        f"categories={usage['categories']}"
+    )
+    report = manager.ledger.verify()
+    console.print(
+        f"[bold]verify[/] {'ok' if report.ok else 'BROKEN'}: "
+        f"{report.events} events in {report.conversations} conversations"
+    )
+    console.print(f"workspace: {workspace}")
+    manager.close()
+
+
+@app.command()
+def demo(workspace: WorkspaceOption = None) -> None:
+    """Run a scripted conversation on the offline model: turns, a checkpoint, a rollback and
+    a branch; then print the branch tree, the checkpoints and the token usage."""
+    try:
+        asyncio.run(_demo(_workspace(workspace)))
+    except ChatledgerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+def _print_tree(ledger: Ledger) -> None:
+    conversations = {c["id"]: c for c in ledger.list_conversations(limit=10_000)}
+    children: dict[str, list[dict[str, object]]] = {}
+    for branch in ledger.branch_tree():
+        children.setdefault(str(branch["parent_id"]), []).append(branch)
+    branched = {str(b["branch_id"]) for bs in children.values() for b in bs}
+    tree = Tree("[bold]conversations[/]")
+
+    def add(node: Tree, conversation_id: str, label_suffix: str = "") -> None:
+        info = conversations.get(conversation_id, {"title": "?", "message_count": "?"})
+        child = node.add(
+            f"{info['title']} [dim]{conversation_id}[/] "
+            f"({info['message_count']} messages){label_suffix}"
+        )
+        for branch in children.get(conversation_id, []):
+            add(child, str(branch["branch_id"]), f" [dim]forked at position {branch['position']}[/]")
+
+    for conversation_id in conversations:
+        if conversation_id not in branched:
+            add(tree, conversation_id)
+    console.print(tree)
+
+
+def _print_checkpoints(rows: list[dict[str, object]]) -> None:
+    table = Table("id", "type", "position", "messages", "name", "created")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            str(row["type"]),
+            str(row["position"]),
+            str(row["message_count"]),
+            str(row["name"] or ""),
+            str(row["created_at"])[:19],
+        )
+    console.print(table)
+
+
+@app.command()
+def verify(
+    workspace: WorkspaceOption = None,
+    conversation: Annotated[str | None, typer.Argument(help="Only this conversation.")] = None,
+) -> None:
+    """Check every hash chain; exit 0 when intact, 1 naming the first broken position."""
+    ledger = _ledger(workspace)
+    try:
+        report = ledger.verify(conversation)
+    except ChatledgerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    for chain_break in report.breaks:
+        console.print(f"[red]BROKEN[/red] {chain_break}")
+    console.print(f"{report.events} events in {report.conversations} conversations checked.")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("ls")
+def list_conversations(
+    workspace: WorkspaceOption = None,
+    search: Annotated[str | None, typer.Option("--search", "-s")] = None,
+    limit: int = 20,
+) -> None:
+    """List conversations, newest first."""
+    table = Table("id", "title", "messages", "tokens", "last active")
+    for row in _ledger(workspace).list_conversations(limit, 0, search):
+        table.add_row(
+            row["id"], row["title"], str(row["message_count"]), str(row["token_count"]),
+            row["last_active"][:19],
+        )
+    console.print(table)
+
+
+def _print_messages(messages: list[dict[str, object]]) -> None:
+    for message in messages:
+        console.print(
+            f"[dim]{message['position']:>5}[/] [bold]{message['role']}[/] "
+            f"[dim]{message['category']}[/]: {message['content']}"
+        )
+
+
+@app.command()
+def show(conversation: str, workspace: WorkspaceOption = None) -> None:
+    """Print a conversation's active transcript."""
+    try:
+        _print_messages(_ledger(workspace).history(conversation))
+    except ChatledgerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@app.command("as-of")
+def as_of(conversation: str, position: int, workspace: WorkspaceOption = None) -> None:
+    """Print the transcript exactly as it was right after event POSITION."""
+    try:
+        _print_messages(_ledger(workspace).as_of(conversation, position))
+    except ChatledgerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def checkpoints(
+    workspace: WorkspaceOption = None,
+    conversation: Annotated[str | None, typer.Argument()] = None,
+    limit: int = 50,
+) -> None:
+    """List live checkpoints, newest first."""
+    try:
+        rows = _ledger(workspace).checkpoints(conversation, None, limit)
+    except ChatledgerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    _print_checkpoints([row.as_dict() for row in rows])
+
+
+@app.command()
+def tree(workspace: WorkspaceOption = None) -> None:
+    """Print the branch tree of all conversations."""
+    _print_tree(_ledger(workspace))
+
+
+@app.command()
+def rebuild(workspace: WorkspaceOption = None) -> None:
+    """Drop every projection and rebuild it from the log."""
+    applied = _ledger(workspace).rebuild_projections()
+    console.print(f"Rebuilt projections from {applied} events.")
