@@ -110,7 +110,9 @@ def _print_tree(ledger: Ledger) -> None:
             f"({info['message_count']} messages){label_suffix}"
         )
         for branch in children.get(conversation_id, []):
-            add(child, str(branch["branch_id"]), f" [dim]forked at position {branch['position']}[/]")
+            add(
+                child, str(branch["branch_id"]), f" [dim]forked at position {branch['position']}[/]"
+            )
 
     for conversation_id in conversations:
         if conversation_id not in branched:
@@ -160,7 +162,10 @@ def list_conversations(
     table = Table("id", "title", "messages", "tokens", "last active")
     for row in _ledger(workspace).list_conversations(limit, 0, search):
         table.add_row(
-            row["id"], row["title"], str(row["message_count"]), str(row["token_count"]),
+            row["id"],
+            row["title"],
+            str(row["message_count"]),
+            str(row["token_count"]),
             row["last_active"][:19],
         )
     console.print(table)

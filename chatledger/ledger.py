@@ -33,7 +33,6 @@ from domain.messages import (
     ELIGIBLE_ROLES,
     Category,
     ContentPart,
-    ImagePart,
     Role,
     TextPart,
 )
@@ -93,7 +92,9 @@ def content_parts(content: Any) -> tuple[ContentPart, ...]:
         try:
             parts = _PARTS.validate_python(tuple(content))
         except ValidationError as error:
-            raise InvalidInput(f"Message parts are not valid: {error.errors()[0]['msg']}.") from None
+            raise InvalidInput(
+                f"Message parts are not valid: {error.errors()[0]['msg']}."
+            ) from None
         for part in parts:
             if isinstance(part, TextPart):
                 _check_text(part.text, "A text part")
@@ -332,12 +333,19 @@ class Ledger:
         """Runs the retention policy when the cap is exceeded, or when the oldest live auto
         checkpoint may have aged past a boundary (checked without reading the whole index)."""
         over_cap = conversation.live_auto_checkpoints > self.config.max_auto_checkpoints
-        oldest = [] if over_cap else self.read.checkpoints(conversation.id, "auto", 1, oldest_first=True)
+        oldest = (
+            [] if over_cap else self.read.checkpoints(conversation.id, "auto", 1, oldest_first=True)
+        )
         keep_all = self.config.retention.get("keep_all_hours", 24) * 3600
-        aged = bool(oldest) and (now - datetime.fromisoformat(oldest[0].created_at)).total_seconds() > keep_all
+        aged = (
+            bool(oldest)
+            and (now - datetime.fromisoformat(oldest[0].created_at)).total_seconds() > keep_all
+        )
         if not (over_cap or aged):
             return
-        records = [self._record(row) for row in self.read.checkpoints(conversation.id, "auto", limit=None)]
+        records = [
+            self._record(row) for row in self.read.checkpoints(conversation.id, "auto", limit=None)
+        ]
         records.append(
             CheckpointRecord(
                 newest,
@@ -431,7 +439,9 @@ class Ledger:
                     ),
                 )
             )
-            self._checkpoint(branch, CheckpointType.BRANCH, title, f"Branched from {source_id}", now)
+            self._checkpoint(
+                branch, CheckpointType.BRANCH, title, f"Branched from {source_id}", now
+            )
             return branch_id
 
         return self._run(decide)
@@ -526,7 +536,9 @@ class Ledger:
 
     def history(self, conversation_id: str | UUID) -> list[dict[str, Any]]:
         conversation = self.conversation(conversation_id)
-        return self.read.transcript(conversation.view.segments(conversation.id, conversation.version))
+        return self.read.transcript(
+            conversation.view.segments(conversation.id, conversation.version)
+        )
 
     def as_of(self, conversation_id: str | UUID, position: int) -> list[dict[str, Any]]:
         """The active transcript exactly as it was right after event `position`."""
@@ -570,4 +582,3 @@ class Ledger:
 
     def branch_tree(self) -> list[dict[str, Any]]:
         return self.read.branches()
-

@@ -233,7 +233,9 @@ class ConversationManager:
     ) -> str | None:
         if not self.checkpoint_config.enabled:
             return None
-        return self.ledger.create_checkpoint(self.active_id, CheckpointType.MANUAL, name, description)
+        return self.ledger.create_checkpoint(
+            self.active_id, CheckpointType.MANUAL, name, description
+        )
 
     async def rollback_to_checkpoint(self, checkpoint_id: str) -> bool:
         try:
@@ -263,7 +265,11 @@ class ConversationManager:
                 conversation_id = UUID(str(session_id))
             except ValueError:
                 segment = str(session_id)
-        kind = checkpoint_type.value if isinstance(checkpoint_type, CheckpointType) else checkpoint_type
+        kind = (
+            checkpoint_type.value
+            if isinstance(checkpoint_type, CheckpointType)
+            else checkpoint_type
+        )
         rows = self.ledger.checkpoints(conversation_id, kind, limit, segment)
         return [row.as_dict() for row in rows]
 

@@ -28,7 +28,9 @@ def _model_content(content: Any) -> Any:
         elif kind == "tool_result":
             parts.append({"type": "text", "text": part["content"]})
         elif kind == "tool_call":
-            parts.append({"type": "text", "text": f"[tool call {part['name']}({part['arguments']})]"})
+            parts.append(
+                {"type": "text", "text": f"[tool call {part['name']}({part['arguments']})]"}
+            )
     return parts
 
 

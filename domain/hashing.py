@@ -15,9 +15,9 @@ GENESIS_HASH = "0" * 64
 
 
 def canonical_bytes(document: dict[str, Any]) -> bytes:
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
 
 
 def event_hash(document: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ optimistic concurrency on (stream, position) and gives every event a notificatio
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -44,10 +45,8 @@ class EventStore(Application[UUID]):
     def forget(self, conversation_id: UUID) -> None:
         """Drops a cached aggregate whose pending changes were not saved."""
         if self.repository.cache is not None:
-            try:
+            with suppress(KeyError):
                 self.repository.cache.get(conversation_id, evict=True)
-            except KeyError:
-                pass
 
     def stored_event(self, conversation_id: UUID, position: int) -> StoredEvent:
         events = self.recorder.select_events(

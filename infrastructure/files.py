@@ -51,8 +51,7 @@ def read_context_file(workspace: Path, requested: str | Path) -> ContextFile:
                 raise FileInputError(f"Cannot read context file {path}: {error}.") from error
             except UnicodeDecodeError as error:
                 raise FileInputError(
-                    f"Context file {path} is not UTF-8 text ({error.reason} at byte "
-                    f"{error.start})."
+                    f"Context file {path} is not UTF-8 text ({error.reason} at byte {error.start})."
                 ) from error
             stat = path.stat()
             return ContextFile(

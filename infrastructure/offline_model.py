@@ -29,7 +29,7 @@ class OfflineModel:
         words = text.split()
         echo = " ".join(words[:12]) + (" ..." if len(words) > 12 else "")
         return (
-            f"{opener} You said: \"{echo}\" "
+            f'{opener} You said: "{echo}" '
             f"({len(words)} words; turn {sum(m.get('role') == 'user' for m in messages)})."
         )
 
@@ -59,7 +59,5 @@ def _plain_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict)
-        )
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return str(content)

@@ -33,7 +33,9 @@ def check_database_file(path: Path) -> None:
         return
     with path.open("rb") as file:
         if file.read(16) != _SQLITE_HEADER:
-            raise StoreError(f"{path} is not a SQLite database; move it aside or pick another workspace.")
+            raise StoreError(
+                f"{path} is not a SQLite database; move it aside or pick another workspace."
+            )
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -49,7 +51,9 @@ def check_database_file(path: Path) -> None:
     except sqlite3.DatabaseError as error:
         raise StoreError(f"{path} is corrupt or unreadable: {error}.") from error
     if tables and not tables & _OUR_TABLES:
-        raise StoreError(f"{path} is a SQLite database of another program (tables: {sorted(tables)[:5]}).")
+        raise StoreError(
+            f"{path} is a SQLite database of another program (tables: {sorted(tables)[:5]})."
+        )
     if version is not None and version > SCHEMA_VERSION:
         raise StoreError(
             f"{path} was written by a newer chatledger (schema {version}; this one reads up to "

@@ -69,8 +69,9 @@ def verify(recorder: ApplicationRecorder, only: UUID | None = None) -> Verificat
 def _documents(stored: list[StoredEvent]) -> Iterator[tuple[int, dict[str, Any] | None]]:
     for event in stored:
         try:
-            yield event.originator_version, event_document(
-                event.state, event.originator_id, event.originator_version
+            yield (
+                event.originator_version,
+                event_document(event.state, event.originator_id, event.originator_version),
             )
         except ValueError:
             yield event.originator_version, None

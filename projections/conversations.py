@@ -92,7 +92,12 @@ class ConversationIndex(Projection):
         cursor.execute(
             "UPDATE conversations SET message_count=message_count+1, "
             "token_count=token_count+?, last_active=?, head=? WHERE conversation_id=?",
-            (tokens, event.timestamp.isoformat(), event.originator_version, event.originator_id.hex),
+            (
+                tokens,
+                event.timestamp.isoformat(),
+                event.originator_version,
+                event.originator_id.hex,
+            ),
         )
 
     def _replaced(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:

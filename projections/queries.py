@@ -104,7 +104,9 @@ class ReadModel:
         )
         for segment in segments:
             stream = segment.conversation_id.hex
-            rows = self.db.execute(statement, (stream, segment.first, segment.last, *MESSAGE_TOPICS))
+            rows = self.db.execute(
+                statement, (stream, segment.first, segment.last, *MESSAGE_TOPICS)
+            )
             messages.extend(_message_dict(topic, pos, stream, state) for pos, topic, state in rows)
         return messages
 
@@ -196,7 +198,8 @@ class ReadModel:
         *,
         oldest_first: bool = False,
     ) -> list[CheckpointRow]:
-        clauses, params = ["pruned=0"], []
+        clauses: list[str] = ["pruned=0"]
+        params: list[Any] = []
         if conversation_id is not None:
             clauses.append("conversation_id=?")
             params.append(conversation_id.hex)
@@ -208,7 +211,11 @@ class ReadModel:
             params.append(session_id)
         statement = (
             f"SELECT {self._CHECKPOINT_COLUMNS} FROM checkpoints WHERE {' AND '.join(clauses)} "
-            + ("ORDER BY created_at, position" if oldest_first else "ORDER BY created_at DESC, position DESC")
+            + (
+                "ORDER BY created_at, position"
+                if oldest_first
+                else "ORDER BY created_at DESC, position DESC"
+            )
         )
         if limit is not None:
             statement += " LIMIT ?"

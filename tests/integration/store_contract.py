@@ -13,7 +13,14 @@ from PIL import Image
 
 from chatledger import CheckpointConfig, CheckpointType, ConversationManager
 
-PROJECTION_TABLES = ["conversations", "checkpoints", "snapshots", "sessions", "branches", "token_usage"]
+PROJECTION_TABLES = [
+    "conversations",
+    "checkpoints",
+    "snapshots",
+    "sessions",
+    "branches",
+    "token_usage",
+]
 
 
 class PenguinClient:
@@ -164,7 +171,9 @@ class StoreContract:
     async def test_retention_runs_by_itself_and_caps_auto_checkpoints(
         self, workspace: Path
     ) -> None:
-        manager = self.manager(workspace, checkpoint_config=CheckpointConfig(max_auto_checkpoints=3))
+        manager = self.manager(
+            workspace, checkpoint_config=CheckpointConfig(max_auto_checkpoints=3)
+        )
         manual = await manager.create_manual_checkpoint("keep me")
         for index in range(6):
             manager.add_message("user", f"m{index}")
@@ -181,7 +190,7 @@ class StoreContract:
             manager.add_message("assistant", "A very long reply " * 5)
         listed = manager.list_conversations(limit=100)
         assert len(listed) == 5
-        assert [c["title"] for c in listed][0] == "Topic 4: the Quokka count is 28"
+        assert listed[0]["title"] == "Topic 4: the Quokka count is 28"
         pages = manager.list_conversations(limit=2) + manager.list_conversations(limit=2, offset=2)
         pages += manager.list_conversations(limit=2, offset=4)
         assert [c["id"] for c in pages] == [c["id"] for c in listed]
@@ -192,7 +201,12 @@ class StoreContract:
         assert manager.list_conversations(search_term="wombat") == []
         for row in listed:
             assert set(row) == {
-                "id", "title", "created_at", "last_active", "message_count", "token_count"
+                "id",
+                "title",
+                "created_at",
+                "last_active",
+                "message_count",
+                "token_count",
             }
 
     # -- sessions, cache, usage --------------------------------------------------------
@@ -217,12 +231,11 @@ class StoreContract:
         assert sent[2] == {"role": "system", "content": "[Context from facts.md]\nfacts"}
         assert sent[-1] == {"role": "user", "content": "turn 5"}
         history = manager.get_history()
-        assert sum(1 for m in history if m["metadata"].get("session_transition")) == len(
-            usage["sessions"]
-        ) - 1
-        assert usage["chain_total"] == sum(
-            m["tokens"] for m in manager.get_history_rows()
+        assert (
+            sum(1 for m in history if m["metadata"].get("session_transition"))
+            == len(usage["sessions"]) - 1
         )
+        assert usage["chain_total"] == sum(m["tokens"] for m in manager.get_history_rows())
         assert sum(usage["categories"].values()) == usage["current_total_tokens"]
 
     async def test_in_memory_cache_stays_bounded(self, workspace: Path) -> None:
@@ -261,9 +274,7 @@ class StoreContract:
         answers = [m["content"] for m in manager.get_history() if m["role"] == "assistant"]
         assert answers == ["answer 1", "answer 2"]
 
-    async def test_streaming_generator_records_the_whole_answer_once(
-        self, workspace: Path
-    ) -> None:
+    async def test_streaming_generator_records_the_whole_answer_once(self, workspace: Path) -> None:
         manager = self.manager(workspace)
         stream = await manager.process_message("stream me", streaming=True)
         assert not isinstance(stream, str)

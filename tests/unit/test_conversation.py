@@ -85,7 +85,10 @@ def test_rollback_resolves_the_view_and_takes_an_undo_checkpoint() -> None:
         timestamp=NOW,
     )
     undo, rolled = conversation.collect_events()[-2:]
-    assert isinstance(undo, events.CheckpointCreated) and undo.checkpoint_type is CheckpointType.ROLLBACK
+    assert (
+        isinstance(undo, events.CheckpointCreated)
+        and undo.checkpoint_type is CheckpointType.ROLLBACK
+    )
     assert isinstance(rolled, events.RolledBack)
     assert conversation.view.message_count == 1
     assert conversation.view.segments(conversation.id, conversation.version) == (

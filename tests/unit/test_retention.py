@@ -8,7 +8,9 @@ from domain.retention import CheckpointRecord, checkpoints_to_prune
 NOW = datetime(2026, 1, 31, 12, tzinfo=UTC)
 
 
-def record(ordinal: int, age: timedelta, kind: CheckpointType = CheckpointType.AUTO) -> CheckpointRecord:
+def record(
+    ordinal: int, age: timedelta, kind: CheckpointType = CheckpointType.AUTO
+) -> CheckpointRecord:
     return CheckpointRecord(f"cp{ordinal}", kind, NOW - age, ordinal)
 
 

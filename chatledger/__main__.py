@@ -1,0 +1,3 @@
+from chatledger.cli import app
+
+app(prog_name="chatledger")
