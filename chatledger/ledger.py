@@ -52,6 +52,8 @@ from projections.runner import ProjectionRunner
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 5
+#: Seconds between two runs of the age-based retention rules for one conversation.
+RETENTION_INTERVAL = 60.0
 _PARTS = TypeAdapter(tuple[ContentPart, ...])
 
 
@@ -159,12 +161,14 @@ class Ledger:
         self.config = checkpoint_config or CheckpointConfig()
         self.max_messages_per_session = max_messages_per_session
         self.clock = clock
+        self._retention_runs: dict[UUID, datetime] = {}
         self.tokens = TokenCounter()
         self.store = open_event_store(path, cache_size)
         self.db = open_projection_connection(path)
         self.read = ReadModel(self.db)
         self.projections = ProjectionRunner(self.db, self.store.recorder, self.store.mapper)
         self.projections.catch_up()
+        self.store.projector = self.projections.project_in_transaction
 
     def close(self) -> None:
         self.store.close()
@@ -176,16 +180,13 @@ class Ledger:
             batch = _Batch(self.store)
             try:
                 result = decide(batch)
-                recordings = self.store.save(*batch.aggregates.values())
+                self.store.save(*batch.aggregates.values())
             except RecordConflictError:
                 self._forget(batch)
                 continue
             except BaseException:
                 self._forget(batch)
                 raise
-            self.projections.apply_saved(
-                (recording.domain_event, recording.notification.id) for recording in recordings
-            )
             return result
         raise ConcurrencyConflict(
             f"Gave up after {MAX_ATTEMPTS} attempts: other writers kept appending to the same "
@@ -330,33 +331,30 @@ class Ledger:
         return checkpoint_id
 
     def _apply_retention(self, conversation: Conversation, newest: str, now: datetime) -> None:
-        """Runs the retention policy when the cap is exceeded, or when the oldest live auto
-        checkpoint may have aged past a boundary (checked without reading the whole index)."""
-        over_cap = conversation.live_auto_checkpoints > self.config.max_auto_checkpoints
-        oldest = (
-            [] if over_cap else self.read.checkpoints(conversation.id, "auto", 1, oldest_first=True)
-        )
-        keep_all = self.config.retention.get("keep_all_hours", 24) * 3600
-        aged = (
-            bool(oldest)
-            and (now - datetime.fromisoformat(oldest[0].created_at)).total_seconds() > keep_all
-        )
-        if not (over_cap or aged):
-            return
-        records = [
-            self._record(row) for row in self.read.checkpoints(conversation.id, "auto", limit=None)
-        ]
-        records.append(
-            CheckpointRecord(
-                newest,
-                CheckpointType.AUTO,
-                now,
-                max((r.ordinal for r in records), default=0) + 1,
+        """Keeps at most max_auto_checkpoints at once (pruning the oldest by an index range
+        read), and applies the age rules, which change only as time passes, at most once per
+        RETENTION_INTERVAL per conversation so a busy conversation does not re-read its whole
+        index on every message."""
+        overflow = conversation.live_auto_checkpoints - self.config.max_auto_checkpoints
+        last_run = self._retention_runs.get(conversation.id)
+        if last_run is None or (now - last_run).total_seconds() >= RETENTION_INTERVAL:
+            self._retention_runs[conversation.id] = now
+            records = [
+                self._record(row)
+                for row in self.read.checkpoints(conversation.id, "auto", limit=None)
+            ]
+            records.append(
+                CheckpointRecord(
+                    newest, CheckpointType.AUTO, now, conversation.auto_checkpoints_taken
+                )
             )
-        )
-        conversation.prune_checkpoints(
-            checkpoints_to_prune(records, now, self.config), "retention", now
-        )
+            pruned = checkpoints_to_prune(records, now, self.config)
+        elif overflow > 0:
+            oldest = self.read.checkpoints(conversation.id, "auto", overflow, oldest_first=True)
+            pruned = tuple(row.checkpoint_id for row in oldest)
+        else:
+            return
+        conversation.prune_checkpoints(pruned, "retention", now)
 
     @staticmethod
     def _record(row: CheckpointRow) -> CheckpointRecord:
@@ -532,7 +530,8 @@ class Ledger:
 
     # -- reads ---------------------------------------------------------------------------
     def conversation(self, conversation_id: str | UUID) -> Conversation:
-        return self.store.conversation(self._existing(conversation_id))
+        """The write model caught up with every writer, for reads."""
+        return self.store.conversation(self._existing(conversation_id), fresh=True)
 
     def history(self, conversation_id: str | UUID) -> list[dict[str, Any]]:
         conversation = self.conversation(conversation_id)
@@ -543,7 +542,7 @@ class Ledger:
     def as_of(self, conversation_id: str | UUID, position: int) -> list[dict[str, Any]]:
         """The active transcript exactly as it was right after event `position`."""
         cid = self._existing(conversation_id)
-        head = self.store.conversation(cid).version
+        head = self.store.conversation(cid, fresh=True).version
         if not isinstance(position, int) or not 1 <= position <= head:
             raise InvalidInput(f"Position must be between 1 and {head} for conversation {cid}.")
         return self.read.transcript(self.view_at(cid, position).segments(cid, position))

@@ -28,6 +28,7 @@ class Conversation(BaseAggregate[UUID]):
         title: str | None
         parent: events.ForkPoint | None
         live_auto_checkpoints: int
+        auto_checkpoints_taken: int
 
     def __init__(self) -> None:
         """State comes from ConversationStarted.apply, so replays and commands agree."""
@@ -136,6 +137,9 @@ class Conversation(BaseAggregate[UUID]):
             description=description,
             session_id=self.session_id,
             message_count=self.view.message_count,
+            auto_ordinal=self.auto_checkpoints_taken + 1
+            if checkpoint_type is CheckpointType.AUTO
+            else None,
             timestamp=timestamp,
         )
         return self.version
@@ -287,6 +291,7 @@ class ConversationSnapshot(Immutable, CanSnapshotAggregate[UUID]):
                 title=aggregate.title,
                 parent=aggregate.parent,
                 live_auto_checkpoints=aggregate.live_auto_checkpoints,
+                auto_checkpoints_taken=aggregate.auto_checkpoints_taken,
             ),
         )
 
@@ -300,6 +305,7 @@ class ConversationSnapshot(Immutable, CanSnapshotAggregate[UUID]):
         aggregate.title = state.title
         aggregate.parent = state.parent
         aggregate.live_auto_checkpoints = state.live_auto_checkpoints
+        aggregate.auto_checkpoints_taken = state.auto_checkpoints_taken
         return aggregate
 
 
@@ -311,6 +317,7 @@ class ConversationState(Immutable):
     title: str | None
     parent: events.ForkPoint | None
     live_auto_checkpoints: int
+    auto_checkpoints_taken: int
 
 
 ConversationSnapshot.model_rebuild()

@@ -71,6 +71,7 @@ class ConversationStarted(ConversationEvent, CanInitAggregate[UUID]):
         aggregate.parent = self.parent
         aggregate.view = self.view
         aggregate.live_auto_checkpoints = 0
+        aggregate.auto_checkpoints_taken = 0
 
 
 class MessageAppended(ConversationEvent):
@@ -130,12 +131,15 @@ class CheckpointCreated(ConversationEvent):
     description: str | None = None
     session_id: str
     message_count: int
+    #: 1, 2, 3... over the conversation's auto checkpoints; "keep every nth" uses it.
+    auto_ordinal: int | None = None
 
     def apply(self, aggregate: Any) -> None:
         super().apply(aggregate)
         if self.checkpoint_type is CheckpointType.AUTO:
             aggregate.view = aggregate.view.after_auto_checkpoint()
             aggregate.live_auto_checkpoints += 1
+            aggregate.auto_checkpoints_taken += 1
 
 
 class CheckpointsPruned(ConversationEvent):

@@ -5,18 +5,19 @@ optimistic concurrency on (stream, position) and gives every event a notificatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import Recording, StoredEvent
 from eventsourcing.utils import get_topic
 
 from domain.conversation import Conversation
 from domain.errors import ConversationNotFound
 from infrastructure.mapping import OrjsonTranscoder, PydanticMapper
+from infrastructure.projecting_recorder import ProjectingSQLiteRecorder
 
 #: Snapshot every this many events, so loading the write model (and "state at position N")
 #: replays at most this many events, whatever the history length.
@@ -28,18 +29,40 @@ class EventStore(Application[UUID]):
     env: ClassVar[dict[str, str]] = {
         "TRANSCODER_TOPIC": get_topic(OrjsonTranscoder),
         "MAPPER_TOPIC": get_topic(PydanticMapper),
+        # Commands use the cached aggregate as it is: if another process appended meanwhile,
+        # the save conflicts on the position and the command is retried on fresh state.
+        # Reads catch the cached aggregate up first (see `conversation(fresh=True)`).
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
         "IS_SNAPSHOTTING_ENABLED": "y",
+        "APPLICATION_RECORDER_TOPIC": get_topic(ProjectingSQLiteRecorder),
     }
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
+        #: Set by the owner of the projections: runs inside every insert transaction with
+        #: (cursor, domain events, notification ids).
+        self.projector: Callable[[Any, Sequence[Any], Sequence[int]], None] | None = None
 
-    def conversation(self, conversation_id: UUID, version: int | None = None) -> Conversation:
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        projector = self.projector
+        if projector is not None:
+            events = processing_event.events
+            processing_event.saved_kwargs["project"] = lambda cursor, ids: projector(
+                cursor, events, ids
+            )
+        return super()._record(processing_event)
+
+    def conversation(
+        self, conversation_id: UUID, version: int | None = None, *, fresh: bool = False
+    ) -> Conversation:
         try:
             aggregate: Conversation = self.repository.get(conversation_id, version=version)
         except AggregateNotFoundError:
             raise ConversationNotFound(f"No conversation with id {conversation_id}.") from None
+        if fresh and version is None:
+            for event in self.events.get(conversation_id, gt=aggregate.version):
+                event.mutate(aggregate)  # type: ignore[attr-defined]
         return aggregate
 
     def forget(self, conversation_id: UUID) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 
 from domain import events
-from domain.checkpoints import CheckpointType
 from projections.base import Handler, Projection
 
 
@@ -48,14 +47,6 @@ class CheckpointIndex(Projection):
         }
 
     def _created(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
-        ordinal = None
-        if event.checkpoint_type is CheckpointType.AUTO:
-            cursor.execute(
-                "SELECT COALESCE(MAX(auto_ordinal), 0) + 1 FROM checkpoints "
-                "WHERE conversation_id=? AND type='auto'",
-                (event.originator_id.hex,),
-            )
-            ordinal = cursor.fetchone()[0]
         cursor.execute(
             "INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?,0)",
             (
@@ -68,7 +59,7 @@ class CheckpointIndex(Projection):
                 event.message_count,
                 event.name,
                 event.description,
-                ordinal,
+                event.auto_ordinal,
             ),
         )
 

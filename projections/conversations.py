@@ -77,25 +77,25 @@ class ConversationIndex(Projection):
         )
 
     def _message(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
-        self._count(cursor, event, event.tokens)
-        if event.role is Role.USER:
-            cursor.execute(
-                "UPDATE conversations SET first_user_text=? "
-                "WHERE conversation_id=? AND first_user_text IS NULL",
-                (text_of(event.parts), event.originator_id.hex),
-            )
+        first_user_text = text_of(event.parts) if event.role is Role.USER else None
+        self._count(cursor, event, event.tokens, first_user_text)
 
     def _session(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
-        self._count(cursor, event, event.marker_tokens)
+        self._count(cursor, event, event.marker_tokens, None)
 
-    def _count(self, cursor: sqlite3.Cursor, event: Any, tokens: int) -> None:
+    @staticmethod
+    def _count(
+        cursor: sqlite3.Cursor, event: Any, tokens: int, first_user_text: str | None
+    ) -> None:
         cursor.execute(
-            "UPDATE conversations SET message_count=message_count+1, "
-            "token_count=token_count+?, last_active=?, head=? WHERE conversation_id=?",
+            "UPDATE conversations SET message_count=message_count+1, token_count=token_count+?, "
+            "last_active=?, head=?, first_user_text=COALESCE(first_user_text, ?) "
+            "WHERE conversation_id=?",
             (
                 tokens,
                 event.timestamp.isoformat(),
                 event.originator_version,
+                first_user_text,
                 event.originator_id.hex,
             ),
         )

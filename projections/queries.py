@@ -211,16 +211,19 @@ class ReadModel:
             params.append(session_id)
         statement = (
             f"SELECT {self._CHECKPOINT_COLUMNS} FROM checkpoints WHERE {' AND '.join(clauses)} "
-            + (
-                "ORDER BY created_at, position"
-                if oldest_first
-                else "ORDER BY created_at DESC, position DESC"
-            )
+            + self._checkpoint_order(conversation_id is not None, oldest_first)
         )
         if limit is not None:
             statement += " LIMIT ?"
             params.append(limit)
         return [self._checkpoint(row) for row in self.db.execute(statement, params)]
+
+    @staticmethod
+    def _checkpoint_order(one_conversation: bool, oldest_first: bool) -> str:
+        # Within one conversation positions grow with time and the index covers them.
+        keys = ("position",) if one_conversation else ("created_at", "position")
+        direction = "" if oldest_first else " DESC"
+        return "ORDER BY " + ", ".join(key + direction for key in keys)
 
     @staticmethod
     def _checkpoint(row: tuple[Any, ...]) -> CheckpointRow:

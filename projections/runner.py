@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from eventsourcing.persistence import ApplicationRecorder, Mapper
+from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
 from projections.base import Handler, Projection
 from projections.branches import BranchTree
@@ -77,29 +77,34 @@ class ProjectionRunner:
         rows = self.db.execute("SELECT MIN(position) FROM projection_tracking").fetchone()
         return int(rows[0] or 0)
 
-    def apply_saved(self, saved: Iterable[tuple[Any, int]]) -> None:
-        """Applies events just saved by this process (with their notification ids) without
-        reading them back, unless another writer got in between: then it pulls the log."""
-        batch = list(saved)
-        if not batch:
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            position = self.position()
-            first = batch[0][1]
-            if position >= batch[-1][1]:
-                self.db.execute("ROLLBACK")
-                return
-            if position == first - 1:
-                self._apply(batch)
-                self._track(batch[-1][1])
-                self.db.execute("COMMIT")
-                return
-            self.db.execute("ROLLBACK")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.catch_up()
+    def project_in_transaction(
+        self, cursor: sqlite3.Cursor, events: Sequence[Any], notification_ids: Sequence[int]
+    ) -> None:
+        """Runs inside the transaction that inserts `events`: first applies anything other
+        writers logged that is not yet projected, then the new events, then the position."""
+        position = cursor.execute("SELECT MIN(position) FROM projection_tracking").fetchone()[0]
+        first = notification_ids[0]
+        if position is not None and position < first - 1:
+            rows = cursor.execute(
+                "SELECT rowid, originator_id, originator_version, topic, state "
+                "FROM stored_events WHERE rowid > ? AND rowid < ? ORDER BY rowid",
+                (position, first),
+            ).fetchall()
+            self._apply(
+                cursor,
+                ((self.mapper.to_domain_event(self._notification(row)), row[0]) for row in rows),
+            )
+        self._apply(cursor, zip(events, notification_ids, strict=True))
+        cursor.execute("UPDATE projection_tracking SET position=?", (notification_ids[-1],))
+
+    def _notification(self, row: tuple[Any, ...]) -> Notification:
+        return Notification(
+            id=row[0],
+            originator_id=self.recorder.convert_originator_id(row[1]),  # type: ignore[attr-defined]
+            originator_version=row[2],
+            topic=row[3],
+            state=row[4],
+        )
 
     def catch_up(self) -> int:
         """Applies every notification not yet applied; returns how many were applied."""
@@ -114,8 +119,9 @@ class ProjectionRunner:
                 if not notifications:
                     self.db.execute("ROLLBACK")
                     return applied
-                self._apply((self.mapper.to_domain_event(n), n.id) for n in notifications)
-                self._track(notifications[-1].id)
+                cursor = self.db.cursor()
+                self._apply(cursor, ((self.mapper.to_domain_event(n), n.id) for n in notifications))
+                cursor.execute("UPDATE projection_tracking SET position=?", (notifications[-1].id,))
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -131,11 +137,7 @@ class ProjectionRunner:
             cursor.execute("UPDATE projection_tracking SET position=0")
         return self.catch_up()
 
-    def _apply(self, batch: Iterable[tuple[Any, int]]) -> None:
-        cursor = self.db.cursor()
+    def _apply(self, cursor: sqlite3.Cursor, batch: Iterable[tuple[Any, int]]) -> None:
         for event, notification_id in batch:
             for handler in self._dispatch.get(type(event), ()):
                 handler(cursor, event, notification_id)
-
-    def _track(self, position: int) -> None:
-        self.db.execute("UPDATE projection_tracking SET position=?", (position,))

@@ -40,12 +40,17 @@ class TokenUsageHistory(Projection):
         tokens = getattr(event, "tokens", None)
         if tokens is None:
             tokens = event.marker_tokens
-        previous = cursor.execute(
-            "SELECT message_count, token_count FROM token_usage WHERE conversation_id=? "
+        cursor.execute(
+            "INSERT INTO token_usage SELECT conversation_id, ?, ?, message_count + 1, "
+            "token_count + ? FROM token_usage WHERE conversation_id=? "
             "ORDER BY position DESC LIMIT 1",
-            (event.originator_id.hex,),
-        ).fetchone()
-        self._insert(cursor, event, previous[0] + 1, previous[1] + tokens)
+            (
+                event.originator_version,
+                event.timestamp.isoformat(),
+                tokens,
+                event.originator_id.hex,
+            ),
+        )
 
     @staticmethod
     def _insert(cursor: sqlite3.Cursor, event: Any, messages: int, tokens: int) -> None:
