@@ -72,7 +72,7 @@ def _message_dict(topic: str, position: int, conversation_id: str, state: bytes)
             "tokens": doc["tokens"],
             "session_id": doc["session_id"],
             "timestamp": doc["timestamp"],
-            "conversation_id": str(UUID(conversation_id)),
+            "conversation_id": conversation_id,
             "position": position,
         }
     return {
@@ -84,7 +84,7 @@ def _message_dict(topic: str, position: int, conversation_id: str, state: bytes)
         "tokens": doc["marker_tokens"],
         "session_id": doc["session_id"],
         "timestamp": doc["timestamp"],
-        "conversation_id": str(UUID(conversation_id)),
+        "conversation_id": conversation_id,
         "position": position,
     }
 
@@ -103,11 +103,11 @@ class ReadModel:
             f"AND topic IN ({placeholders}) ORDER BY originator_version"
         )
         for segment in segments:
-            stream = segment.conversation_id.hex
+            stream, named = segment.conversation_id.hex, str(segment.conversation_id)
             rows = self.db.execute(
                 statement, (stream, segment.first, segment.last, *MESSAGE_TOPICS)
             )
-            messages.extend(_message_dict(topic, pos, stream, state) for pos, topic, state in rows)
+            messages.extend(_message_dict(topic, pos, named, state) for pos, topic, state in rows)
         return messages
 
     # -- conversations -----------------------------------------------------------------
