@@ -1,0 +1,324 @@
+"""End to end: the `chatledger` command line against a real workspace.
+
+The demo runs once per module as a real subprocess of the installed console script, and so do
+a verify and an error case; the other commands run in-process through typer's CliRunner (same
+app, same workspace, a fraction of the start-up time). What they print is checked against the
+Ledger's own answers for the same workspace."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from chatledger import cli
+from chatledger.ledger import Ledger
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+EXECUTABLE = shutil.which("chatledger")
+
+pytestmark = pytest.mark.skipif(
+    EXECUTABLE is None, reason="the chatledger console script is not installed"
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        """stdout and stderr with runs of whitespace collapsed (rich wraps long lines)."""
+        return " ".join((self.out + self.err).split())
+
+
+def chatledger(*args: str | Path, cwd: Path | None = None) -> Result:
+    assert EXECUTABLE is not None
+    completed = subprocess.run(
+        [EXECUTABLE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"},
+        check=False,
+    )
+    result = Result(completed.returncode, completed.stdout, completed.stderr)
+    assert "Traceback" not in result.out + result.err, result.out + result.err
+    return result
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs print through cli.console; make it wide so nothing is truncated."""
+    monkeypatch.setattr(cli, "console", Console(width=250, no_color=True))
+
+
+def invoke(*args: str | Path) -> Result:
+    """The same app in-process (typer's CliRunner); an unexpected exception fails the test."""
+    result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert "Traceback" not in result.stdout + result.stderr
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+@dataclass(frozen=True)
+class Demo:
+    workspace: Path
+    result: Result
+    parent: str
+    branch: str
+    conversations: list[dict[str, Any]]
+    events: int
+
+
+def _ledger_facts(workspace: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    ledger = Ledger(workspace)
+    try:
+        conversations = ledger.list_conversations()
+        branches = ledger.branch_tree()
+        events = ledger.verify().events
+    finally:
+        ledger.close()
+    return conversations, branches, events
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    workspace = tmp_path_factory.mktemp("cli") / "ws"
+    result = chatledger("demo", "--workspace", workspace)
+    assert result.code == 0, result.out + result.err
+    conversations, branches, events = _ledger_facts(workspace)
+    assert len(branches) == 1
+    return Demo(
+        workspace,
+        result,
+        parent=branches[0]["parent_id"],
+        branch=branches[0]["branch_id"],
+        conversations=conversations,
+        events=events,
+    )
+
+
+def test_demo_prints_turns_tree_checkpoints_and_usage(demo: Demo) -> None:
+    text = demo.result.text
+    # the turns, the checkpoint, the rollback and the branch
+    assert "user: Hi! I'm planning a three-day trip to Lisbon." in text
+    assert "assistant:" in text
+    assert re.search(r"checkpoint cp_[0-9a-f]{32}", text)
+    assert re.search(r"rolled back to cp_[0-9a-f]{32}: \d+ messages in view", text)
+    assert f"branched {demo.branch}" in text
+    # the branch tree: both conversations, the branch nested under its parent
+    assert "conversations" in text
+    assert demo.parent in text and demo.branch in text
+    assert re.search(
+        r"Porto instead " + demo.branch + r" \(\d+ messages\) forked at position \d+", text
+    )
+    assert demo.result.out.index(demo.parent) < demo.result.out.rindex(demo.branch)
+    # the checkpoints table
+    for header in ("id", "type", "position", "messages", "name", "created"):
+        assert header in text
+    for kind in ("manual", "branch", "rollback", "auto"):
+        assert f" {kind} " in text
+    assert "before Sintra" in text
+    # the token usage and the final verification
+    usage = re.search(r"token usage (\d+) of (\d+) \((\d+\.\d+)%\)", text)
+    assert usage, text
+    assert 0 < int(usage.group(1)) < int(usage.group(2))
+    assert "categories=" in text and "'DIALOG'" in text
+    assert f"verify ok: {demo.events} events in 2 conversations" in text
+    assert (demo.workspace / "chatledger.db").is_file()
+
+
+def test_verify_exits_0(demo: Demo) -> None:
+    result = chatledger("verify", "--workspace", demo.workspace)
+    assert result.code == 0, result.text
+    assert f"{demo.events} events in 2 conversations checked." in result.text
+    assert "BROKEN" not in result.text
+
+    only = invoke("verify", "--workspace", demo.workspace, demo.branch)
+    assert only.code == 0, only.text
+    assert "in 1 conversations checked." in only.text
+
+
+def test_ls_lists_both_conversations(demo: Demo) -> None:
+    result = invoke("ls", "--workspace", demo.workspace)
+    assert result.code == 0, result.text
+    ids = UUID_RE.findall(result.out)
+    assert sorted(ids) == sorted([demo.parent, demo.branch])
+    # newest first, as the Ledger lists them
+    assert ids == [c["id"] for c in demo.conversations]
+    assert "Porto instead" in result.text
+    for conversation in demo.conversations:
+        assert f" {conversation['message_count']} " in result.text
+
+    searched = invoke("ls", "-w", demo.workspace, "--search", "porto")
+    assert searched.code == 0, searched.text
+    assert UUID_RE.findall(searched.out) == [demo.branch]
+
+
+def test_show_prints_the_active_transcript(demo: Demo) -> None:
+    ledger = Ledger(demo.workspace)
+    try:
+        parent_history = ledger.history(demo.parent)
+        branch_history = ledger.history(demo.branch)
+    finally:
+        ledger.close()
+
+    parent = invoke("show", demo.parent, "--workspace", demo.workspace)
+    assert parent.code == 0, parent.text
+    assert len(parent.out.strip().splitlines()) >= len(parent_history)
+    for message in parent_history:
+        assert f"{message['role']} {message['category']}: {message['content']}" in parent.text
+    # rolled back to "before Sintra": the Sintra turns are not in the active view
+    assert "Sintra" not in parent.text
+    assert "You are a concise travel assistant." in parent.text
+
+    branch = invoke("show", demo.branch, "-w", demo.workspace)
+    assert branch.code == 0, branch.text
+    for message in branch_history:
+        assert message["content"] in branch.text
+    # the branch sees its parent's messages up to the fork, then its own
+    assert "Hi! I'm planning a three-day trip to Lisbon." in branch.text
+    assert "Let's plan Porto instead." in branch.text
+    assert "Sintra" not in branch.text
+
+
+def test_as_of_shows_the_past(demo: Demo) -> None:
+    ledger = Ledger(demo.workspace)
+    try:
+        before_rollback = ledger.checkpoints(demo.parent, "rollback")[0].position
+        expected = ledger.as_of(demo.parent, before_rollback)
+        first_turn = ledger.as_of(demo.parent, 3)
+    finally:
+        ledger.close()
+
+    result = invoke("as-of", demo.parent, str(before_rollback), "-w", demo.workspace)
+    assert result.code == 0, result.text
+    # right before the rollback the Sintra turns were still in view
+    assert "Actually, what about day trips to Sintra?" in result.text
+    assert "And how do I get there by train?" in result.text
+    for message in expected:
+        assert message["content"] in result.text
+
+    early = invoke("as-of", demo.parent, "3", "-w", demo.workspace)
+    assert early.code == 0, early.text
+    assert len(early.out.strip().splitlines()) == len(first_turn)
+    assert "What neighbourhoods" not in early.text
+
+
+def test_checkpoints_and_tree(demo: Demo) -> None:
+    ledger = Ledger(demo.workspace)
+    try:
+        manual = ledger.checkpoints(demo.parent, "manual")
+        live = ledger.checkpoints(limit=50)
+    finally:
+        ledger.close()
+
+    result = invoke("checkpoints", "-w", demo.workspace)
+    assert result.code == 0, result.text
+    assert len(manual) == 1
+    assert manual[0].checkpoint_id in result.text
+    assert "before Sintra" in result.text
+    # one row per live checkpoint (ids also appear inside "Before rollback to cp_..." names)
+    assert len(re.findall(r"^│ cp_[0-9a-f]{32} ", result.out, re.MULTILINE)) == len(live)
+
+    for_branch = invoke("checkpoints", "-w", demo.workspace, demo.branch)
+    assert for_branch.code == 0, for_branch.text
+    assert manual[0].checkpoint_id not in for_branch.text
+    assert " branch " in for_branch.text
+
+    tree = invoke("tree", "-w", demo.workspace)
+    assert tree.code == 0, tree.text
+    assert demo.parent in tree.text and demo.branch in tree.text
+    assert "forked at position" in tree.text
+
+
+def _projection_dump(workspace: Path) -> dict[str, list[tuple[Any, ...]]]:
+    tables = ("conversations", "checkpoints", "snapshots", "sessions", "branches")
+    db = sqlite3.connect(workspace / "chatledger.db")
+    try:
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+    finally:
+        db.close()
+
+
+def test_rebuild_then_verify(demo: Demo, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    shutil.copytree(demo.workspace, workspace)
+    ls_before = invoke("ls", "-w", workspace)
+    projections_before = _projection_dump(workspace)
+
+    rebuilt = invoke("rebuild", "-w", workspace)
+    assert rebuilt.code == 0, rebuilt.text
+    assert f"Rebuilt projections from {demo.events} events." in rebuilt.text
+
+    assert _projection_dump(workspace) == projections_before
+    verified = invoke("verify", "-w", workspace)
+    assert verified.code == 0, verified.text
+    ls_after = invoke("ls", "-w", workspace)
+    assert ls_after.out == ls_before.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            ("show", "00000000-0000-0000-0000-000000000000"),
+            "error: No conversation with id 00000000-0000-0000-0000-000000000000.",
+            id="show-unknown",
+        ),
+        pytest.param(
+            ("show", "not-an-id"),
+            "error: 'not-an-id' is not a conversation id.",
+            id="show-malformed",
+        ),
+        pytest.param(
+            ("verify", "0123456789abcdef0123456789abcdef"),
+            "error: No conversation with id 01234567-89ab-cdef-0123-456789abcdef.",
+            id="verify-unknown",
+        ),
+        pytest.param(
+            ("as-of", "{parent}", "100000"),
+            "error: Position must be between 1 and",
+            id="as-of-range",
+        ),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_readable_error(
+    demo: Demo, args: tuple[str, ...], message: str
+) -> None:
+    argv = [a.format(parent=demo.parent) for a in args]
+    result = invoke(*argv, "-w", demo.workspace)
+    assert result.code == 2, result.text
+    assert message in result.text
+    assert len(result.out.strip().splitlines()) <= 3, result.out
+
+
+def test_unknown_conversation_in_a_real_process_exits_2_without_traceback(demo: Demo) -> None:
+    result = chatledger("show", "00000000-0000-0000-0000-000000000000", "-w", demo.workspace)
+    assert result.code == 2, result.text
+    assert result.text == "error: No conversation with id 00000000-0000-0000-0000-000000000000."
+    assert "Traceback" not in result.out + result.err
+
+
+@pytest.mark.parametrize("command", ["show", "verify", "ls"])
+def test_unusable_workspace_exits_2(tmp_path: Path, command: str) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    args = ["show", "00000000-0000-0000-0000-000000000000"] if command == "show" else [command]
+    result = invoke(*args, "-w", not_a_folder)
+    assert result.code == 2, result.text
+    assert "is a file; give a folder path instead" in result.text

@@ -1,0 +1,474 @@
+"""Tampering with the SQLite file behind chatledger's back is found and located by `verify`.
+
+One small store (a parent conversation with a branch) is built once per module through the
+Ledger; every test tampers with its own copy using the sqlite3 module and then checks exactly
+which (conversation, position) `verify` names, through the Ledger and through the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import orjson
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from chatledger import cli
+from chatledger.ledger import Ledger
+from domain.checkpoints import CheckpointConfig, CheckpointType
+from domain.hashing import event_hash
+from infrastructure.mapping import event_document
+
+DB = "chatledger.db"
+HASH_MISMATCH = "hash does not match the payload"
+PREV_MISMATCH = "prev_hash does not match the previous event's hash"
+
+PARENT_TEXTS = ("msg 0", "msg 1", "msg 2", "msg 3")
+BRANCH_TEXT = "branch msg"
+AFTER_FORK_TEXT = "parent after fork"
+
+
+@dataclass(frozen=True)
+class Store:
+    workspace: Path
+    parent: UUID
+    branch: UUID
+    fork_position: int
+    parent_events: int
+    branch_events: int
+
+    @property
+    def db(self) -> Path:
+        return self.workspace / DB
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """Parent: started, system prompt, four messages, a manual checkpoint (the fork point),
+    the BranchForked record, one more message. Branch: started, its branch checkpoint, one
+    message. Auto checkpoints are off so the layout is small and fixed."""
+    workspace = tmp_path_factory.mktemp("tamper") / "ws"
+    ledger = Ledger(workspace, checkpoint_config=CheckpointConfig(enabled=False))
+    parent = ledger.start_conversation(title="parent", system_prompt="You are terse.")
+    for index, text in enumerate(PARENT_TEXTS):
+        ledger.append_message(parent, "user" if index % 2 == 0 else "assistant", text)
+    checkpoint = ledger.create_checkpoint(parent, CheckpointType.MANUAL, "fork here")
+    fork_position = ledger.checkpoint(checkpoint).position
+    branch = ledger.branch(checkpoint, "branch")
+    ledger.append_message(branch, "user", BRANCH_TEXT)
+    ledger.append_message(parent, "user", AFTER_FORK_TEXT)
+    assert ledger.verify().ok
+    ledger.close()
+
+    probe = Store(workspace, parent, branch, fork_position, 0, 0)
+    topics = {cid: [topic for _, topic in _events(probe, cid)] for cid in (parent, branch)}
+    assert topics[parent] == [
+        "chatledger:ConversationStarted",
+        *["chatledger:MessageAppended"] * 5,
+        "chatledger:CheckpointCreated",
+        "chatledger:BranchForked",
+        "chatledger:MessageAppended",
+    ]
+    assert topics[branch] == [
+        "chatledger:ConversationStarted",
+        "chatledger:CheckpointCreated",
+        "chatledger:MessageAppended",
+    ]
+    assert fork_position == 7
+    return Store(workspace, parent, branch, fork_position, len(topics[parent]), 3)
+
+
+@pytest.fixture
+def store(template: Store, tmp_path: Path) -> Store:
+    workspace = tmp_path / "ws"
+    shutil.copytree(template.workspace, workspace)
+    return Store(
+        workspace,
+        template.parent,
+        template.branch,
+        template.fork_position,
+        template.parent_events,
+        template.branch_events,
+    )
+
+
+# -- helpers that tamper with the file ------------------------------------------------------
+def _connect(store: Store) -> sqlite3.Connection:
+    return sqlite3.connect(store.db, isolation_level=None)
+
+
+def _events(store: Store, conversation: UUID) -> list[tuple[int, str]]:
+    db = _connect(store)
+    try:
+        return db.execute(
+            "SELECT originator_version, topic FROM stored_events WHERE originator_id=? "
+            "ORDER BY originator_version",
+            (conversation.hex,),
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def _state(store: Store, conversation: UUID, position: int) -> bytes:
+    db = _connect(store)
+    try:
+        row = db.execute(
+            "SELECT state FROM stored_events WHERE originator_id=? AND originator_version=?",
+            (conversation.hex, position),
+        ).fetchone()
+    finally:
+        db.close()
+    assert row is not None, f"no event {conversation} @ {position}"
+    return bytes(row[0])
+
+
+def _write_state(store: Store, conversation: UUID, position: int, state: bytes) -> None:
+    db = _connect(store)
+    try:
+        changed = db.execute(
+            "UPDATE stored_events SET state=? WHERE originator_id=? AND originator_version=?",
+            (state, conversation.hex, position),
+        ).rowcount
+    finally:
+        db.close()
+    assert changed == 1
+
+
+def _position_of_text(store: Store, conversation: UUID, text: str) -> int:
+    for position, topic in _events(store, conversation):
+        if topic == "chatledger:MessageAppended":
+            parts = orjson.loads(_state(store, conversation, position))["parts"]
+            if parts[0].get("text") == text:
+                return position
+    raise AssertionError(f"{text!r} not in {conversation}")
+
+
+def _edit_text(store: Store, conversation: UUID, position: int, new_text: str) -> dict[str, Any]:
+    """Changes the message text inside the JSON payload, leaving valid JSON and the stored
+    hash as it was. Returns the edited document."""
+    document = orjson.loads(_state(store, conversation, position))
+    assert document["parts"][0]["type"] == "text"
+    document["parts"][0]["text"] = new_text
+    _write_state(store, conversation, position, orjson.dumps(document))
+    return document
+
+
+def _forge(store: Store, conversation: UUID, position: int, change: dict[str, Any]) -> None:
+    """Edits the payload and recomputes the event's own hash the way chatledger does, so the
+    event is self-consistent; only the chain to the next event can give it away."""
+    document = orjson.loads(_state(store, conversation, position))
+    document.update(change)
+    hashed = event_document(orjson.dumps(document), conversation, position)
+    hashed.pop("hash")
+    document["hash"] = event_hash(hashed)
+    _write_state(store, conversation, position, orjson.dumps(document))
+    # The forged event really is self-consistent: recomputing gives the stored hash.
+    check = event_document(_state(store, conversation, position), conversation, position)
+    stored = check.pop("hash")
+    assert stored == event_hash(check)
+
+
+def _breaks(store: Store, conversation: UUID | None = None) -> list[tuple[UUID, int, str]]:
+    ledger = Ledger(store.workspace)
+    try:
+        report = ledger.verify(conversation)
+    finally:
+        ledger.close()
+    return [(b.conversation_id, b.position, b.problem) for b in report.breaks]
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("chatledger")
+    assert executable, "the chatledger console script is not installed"
+    return subprocess.run(
+        [executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1"},
+        check=False,
+    )
+
+
+def _invoke_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    """The same CLI app in-process, printing to a wide console so no line is wrapped."""
+    monkeypatch.setattr(cli, "console", Console(width=250, no_color=True))
+    result = CliRunner().invoke(cli.app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, " ".join((result.stdout + result.stderr).split())
+
+
+# -- the untouched store -----------------------------------------------------------------
+def test_untouched_store_verifies_ok(store: Store) -> None:
+    ledger = Ledger(store.workspace)
+    try:
+        report = ledger.verify()
+        assert report.ok
+        assert report.breaks == ()
+        assert report.conversations == 2
+        assert report.events == store.parent_events + store.branch_events
+        assert ledger.verify(store.parent).ok
+        assert ledger.verify(store.branch).ok
+    finally:
+        ledger.close()
+
+
+# -- (a) an edited payload -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("which", "text"),
+    [
+        pytest.param("parent", "msg 1", id="parent-before-fork"),
+        pytest.param("parent", AFTER_FORK_TEXT, id="parent-after-fork"),
+        pytest.param("branch", BRANCH_TEXT, id="branch-own-event"),
+    ],
+)
+def test_edited_message_text_is_located(store: Store, which: str, text: str) -> None:
+    conversation = store.parent if which == "parent" else store.branch
+    position = _position_of_text(store, conversation, text)
+    _edit_text(store, conversation, position, text.upper() + " (edited)")
+
+    assert _breaks(store) == [(conversation, position, HASH_MISMATCH)]
+    assert _breaks(store, conversation) == [(conversation, position, HASH_MISMATCH)]
+
+
+def test_edited_timestamp_only_is_located(store: Store) -> None:
+    """Not only the text: any field of the payload is covered by the hash."""
+    document = orjson.loads(_state(store, store.parent, 4))
+    document["timestamp"] = "2001-01-01T00:00:00Z"
+    _write_state(store, store.parent, 4, orjson.dumps(document))
+    assert _breaks(store) == [(store.parent, 4, HASH_MISMATCH)]
+
+
+def test_payload_that_is_not_json_is_located(store: Store) -> None:
+    _write_state(store, store.parent, 5, b"{not json")
+    assert _breaks(store) == [(store.parent, 5, "payload is not valid JSON")]
+
+
+# -- (b) a deleted event -------------------------------------------------------------------
+@pytest.mark.parametrize("position", [1, 4, 6])
+def test_deleted_event_is_located(store: Store, position: int) -> None:
+    db = _connect(store)
+    try:
+        db.execute(
+            "DELETE FROM stored_events WHERE originator_id=? AND originator_version=?",
+            (store.parent.hex, position),
+        )
+    finally:
+        db.close()
+    assert _breaks(store) == [
+        (store.parent, position, f"event missing (next stored position is {position + 1})")
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: deleting the LAST event of a stream (tail truncation) is not detected; "
+    "verify only checks each event against the one before it and nothing anchors the head",
+)
+def test_deleted_last_event_is_detected(store: Store) -> None:
+    db = _connect(store)
+    try:
+        db.execute(
+            "DELETE FROM stored_events WHERE originator_id=? AND originator_version=?",
+            (store.parent.hex, store.parent_events),
+        )
+    finally:
+        db.close()
+    assert [(cid, position) for cid, position, _ in _breaks(store)] == [
+        (store.parent, store.parent_events)
+    ]
+
+
+# -- (c) two adjacent events reordered ---------------------------------------------------
+@pytest.mark.parametrize(("conversation_name", "first"), [("parent", 3), ("branch", 2)])
+def test_swapped_adjacent_events_are_located_at_the_first(
+    store: Store, conversation_name: str, first: int
+) -> None:
+    conversation = store.parent if conversation_name == "parent" else store.branch
+    a, b = _state(store, conversation, first), _state(store, conversation, first + 1)
+    _write_state(store, conversation, first, b)
+    _write_state(store, conversation, first + 1, a)
+    assert _breaks(store) == [(conversation, first, HASH_MISMATCH)]
+
+
+def test_swapped_rows_with_their_positions_are_located(store: Store) -> None:
+    """Reordering by renumbering the rows (positions 3 and 4 trade places, payloads kept)."""
+    db = _connect(store)
+    try:
+        db.execute("BEGIN")
+        for old, new in ((3, -1), (4, 3), (-1, 4)):
+            db.execute(
+                "UPDATE stored_events SET originator_version=? "
+                "WHERE originator_id=? AND originator_version=?",
+                (new, store.parent.hex, old),
+            )
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    assert _breaks(store) == [(store.parent, 3, HASH_MISMATCH)]
+
+
+# -- (d) a forged event (payload edited and its own hash recomputed) -----------------------
+def test_forged_event_breaks_the_link_to_the_next_event(store: Store) -> None:
+    document = orjson.loads(_state(store, store.parent, 4))
+    document["parts"][0]["text"] = "forged text"
+    _forge(store, store.parent, 4, {"parts": document["parts"]})
+    assert _breaks(store) == [(store.parent, 5, PREV_MISMATCH)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: a self-consistent forgery of a stream's NEWEST event is not detected (no "
+    "successor contradicts it and nothing anchors the head); same cause as tail truncation",
+)
+def test_forged_last_event_is_detected(store: Store) -> None:
+    document = orjson.loads(_state(store, store.branch, 3))
+    document["parts"][0]["text"] = "forged text"
+    _forge(store, store.branch, 3, {"parts": document["parts"]})
+    assert [(cid, position) for cid, position, _ in _breaks(store)] == [(store.branch, 3)]
+
+
+# -- (e) the parent, the fork and the branch ---------------------------------------------
+def test_parent_edit_before_fork_is_reported_on_the_parent_only(store: Store) -> None:
+    """The branch's own chain still links to the fork event's stored hash, so the whole-store
+    verify names the parent at the edited position and nothing in the branch."""
+    position = _position_of_text(store, store.parent, "msg 1")
+    assert position < store.fork_position
+    _edit_text(store, store.parent, position, "EVIL")
+    assert _breaks(store) == [(store.parent, position, HASH_MISMATCH)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: verify(branch_id) checks only the branch's own stream, not the parent prefix "
+    "its view is built from, so it reports ok while history(branch) shows tampered text",
+)
+def test_verifying_only_the_branch_covers_the_parent_prefix(store: Store) -> None:
+    position = _position_of_text(store, store.parent, "msg 1")
+    _edit_text(store, store.parent, position, "EVIL")
+    ledger = Ledger(store.workspace)
+    try:
+        assert "EVIL" in [m["content"] for m in ledger.history(store.branch)]
+        report = ledger.verify(store.branch)
+    finally:
+        ledger.close()
+    assert not report.ok
+
+
+def test_forged_fork_event_breaks_parent_and_branch(store: Store) -> None:
+    """A self-consistent forgery of the fork event itself: the parent's next event and the
+    branch's first event both chained to the old hash, so both are named."""
+    _forge(store, store.parent, store.fork_position, {"name": "forged name"})
+    assert _breaks(store) == [
+        (store.parent, store.fork_position + 1, PREV_MISMATCH),
+        (store.branch, 1, PREV_MISMATCH),
+    ]
+    assert _breaks(store, store.branch) == [(store.branch, 1, PREV_MISMATCH)]
+
+
+def test_deleted_fork_event_breaks_parent_and_branch(store: Store) -> None:
+    db = _connect(store)
+    try:
+        db.execute(
+            "DELETE FROM stored_events WHERE originator_id=? AND originator_version=?",
+            (store.parent.hex, store.fork_position),
+        )
+    finally:
+        db.close()
+    assert _breaks(store) == [
+        (
+            store.parent,
+            store.fork_position,
+            f"event missing (next stored position is {store.fork_position + 1})",
+        ),
+        (store.branch, 1, PREV_MISMATCH),
+    ]
+
+
+def test_branch_first_event_repointed_to_another_parent_position(store: Store) -> None:
+    """Re-parenting the branch (its first event's fork position edited) is an edit too."""
+    document = orjson.loads(_state(store, store.branch, 1))
+    document["parent"]["position"] = store.fork_position - 1
+    _write_state(store, store.branch, 1, orjson.dumps(document))
+    assert _breaks(store) == [(store.branch, 1, HASH_MISMATCH)]
+
+
+# -- what the hash does not cover ----------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: the topic column is not covered by the hash; changing an event's type "
+    "(here MessageAppended -> SnapshotTaken, which hides the message from transcripts and makes "
+    "the conversation unloadable) passes verify",
+)
+def test_edited_topic_is_detected(store: Store) -> None:
+    position = _position_of_text(store, store.parent, "msg 2")
+    db = _connect(store)
+    try:
+        db.execute(
+            "UPDATE stored_events SET topic='chatledger:SnapshotTaken' "
+            "WHERE originator_id=? AND originator_version=?",
+            (store.parent.hex, position),
+        )
+    finally:
+        db.close()
+    assert [(cid, p) for cid, p, _ in _breaks(store)] == [(store.parent, position)]
+
+
+# -- the CLI -------------------------------------------------------------------------------
+def _normalised(result: subprocess.CompletedProcess[str]) -> str:
+    return " ".join((result.stdout + result.stderr).split())
+
+
+def test_cli_verify_ok_then_broken(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, output = _invoke_cli(monkeypatch, "verify", "--workspace", str(store.workspace))
+    assert code == 0, output
+    assert "BROKEN" not in output
+    assert f"{store.parent_events + store.branch_events} events in 2 conversations" in output
+
+    position = _position_of_text(store, store.parent, "msg 2")
+    _edit_text(store, store.parent, position, "tampered")
+
+    # The installed console script, in a real process: exit code 1 and the position named.
+    broken = _run_cli("verify", "--workspace", str(store.workspace))
+    output = _normalised(broken)
+    assert broken.returncode == 1, output
+    assert f"BROKEN conversation {store.parent} position {position}: {HASH_MISMATCH}" in output
+    assert str(store.branch) not in output
+    assert "Traceback" not in output
+
+    # Only the branch: its own chain is intact.
+    code, output = _invoke_cli(monkeypatch, "verify", "-w", str(store.workspace), str(store.branch))
+    assert code == 0, output
+    # Only the parent: broken at the same position.
+    code, output = _invoke_cli(monkeypatch, "verify", "-w", str(store.workspace), str(store.parent))
+    assert code == 1, output
+    assert f"BROKEN conversation {store.parent} position {position}:" in output
+    assert "1 conversations checked" in output
+
+
+def test_cli_verify_names_the_deleted_position(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _connect(store)
+    try:
+        db.execute(
+            "DELETE FROM stored_events WHERE originator_id=? AND originator_version=4",
+            (store.parent.hex,),
+        )
+    finally:
+        db.close()
+    code, output = _invoke_cli(monkeypatch, "verify", "-w", str(store.workspace))
+    assert code == 1, output
+    assert f"BROKEN conversation {store.parent} position 4: event missing" in output
