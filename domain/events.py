@@ -42,7 +42,8 @@ class ConversationEvent(Immutable, CanMutateAggregate[UUID]):
             object.__setattr__(self, "hash", self.compute_hash())
 
     def compute_hash(self) -> str:
-        return event_hash(self.model_dump(mode="json", exclude={"hash"}))
+        # The topic is hashed too: changing what kind of event a record is must show.
+        return event_hash({**self.model_dump(mode="json", exclude={"hash"}), "topic": self.TOPIC})
 
     def apply(self, aggregate: Any) -> None:
         aggregate.chain_tip = self.hash

@@ -21,5 +21,6 @@ def canonical_bytes(document: dict[str, Any]) -> bytes:
 
 
 def event_hash(document: dict[str, Any]) -> str:
-    """sha256 over the canonical encoding of an event's JSON document without its hash."""
+    """sha256 over the canonical encoding of an event's JSON document (with its stream id,
+    position and topic, without its own hash)."""
     return hashlib.sha256(canonical_bytes(document)).hexdigest()

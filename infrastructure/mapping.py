@@ -11,8 +11,10 @@ from typing import Any, cast
 import orjson
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel
+
+from domain.errors import StoreError
 
 
 class OrjsonTranscoder(Transcoder):
@@ -46,12 +48,20 @@ class PydanticMapper(Mapper[Any]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[Any]:
-        cls = resolve_topic(stored_event.topic)
-        document = event_document(
-            stored_event.state, stored_event.originator_id, stored_event.originator_version
-        )
-        from_version = document.pop("class_version", 1)
-        while from_version < getattr(cls, "class_version", 1):
-            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(document)
-            from_version += 1
-        return cast(DomainEventProtocol[Any], cls.model_validate(document))
+        try:
+            cls = resolve_topic(stored_event.topic)
+            document = event_document(
+                stored_event.state, stored_event.originator_id, stored_event.originator_version
+            )
+            from_version = document.pop("class_version", 1)
+            while from_version < getattr(cls, "class_version", 1):
+                getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(document)
+                from_version += 1
+            return cast(DomainEventProtocol[Any], cls.model_validate(document))
+        except (TopicError, ValueError, AttributeError) as error:
+            # ValidationError and orjson's JSONDecodeError are ValueErrors.
+            raise StoreError(
+                f"The stored event at position {stored_event.originator_version} of "
+                f"conversation {stored_event.originator_id} cannot be read ({error}). "
+                "The store may have been altered: run `chatledger verify`."
+            ) from error

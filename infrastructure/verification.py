@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import orjson
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 
 from domain.hashing import GENESIS_HASH, event_hash
@@ -54,7 +55,9 @@ def conversation_ids(recorder: ApplicationRecorder) -> list[UUID]:
 
 
 def verify(recorder: ApplicationRecorder, only: UUID | None = None) -> VerificationReport:
-    ids = [only] if only is not None else conversation_ids(recorder)
+    """Checks every conversation, or `only` one together with its ancestors (whose events
+    before the fork are part of its view)."""
+    ids = _lineage(recorder, only) if only is not None else conversation_ids(recorder)
     breaks: list[ChainBreak] = []
     count = 0
     for conversation_id in ids:
@@ -66,15 +69,43 @@ def verify(recorder: ApplicationRecorder, only: UUID | None = None) -> Verificat
     return VerificationReport(conversations=len(ids), events=count, breaks=tuple(breaks))
 
 
-def _documents(stored: list[StoredEvent]) -> Iterator[tuple[int, dict[str, Any] | None]]:
+def _lineage(recorder: ApplicationRecorder, conversation_id: UUID) -> list[UUID]:
+    lineage = [conversation_id]
+    while True:
+        first = recorder.select_events(lineage[-1], lte=1, limit=1)
+        parent = _parent_of(first[0]) if first else None
+        if parent is None or parent in lineage:
+            return lineage
+        lineage.append(parent)
+
+
+def _parent_of(event: StoredEvent) -> UUID | None:
+    try:
+        parent = orjson.loads(event.state).get("parent")
+    except orjson.JSONDecodeError:
+        return None
+    return UUID(parent["conversation_id"]) if isinstance(parent, dict) else None
+
+
+def hashed_document(event: StoredEvent) -> dict[str, Any]:
+    """The document an event's hash was computed over (stream id, position and topic in,
+    its own hash and class_version out), rebuilt from the stored record."""
+    document = event_document(event.state, event.originator_id, event.originator_version)
+    document.pop("hash", None)
+    document.pop("class_version", None)
+    document["topic"] = event.topic
+    return document
+
+
+def _documents(
+    stored: list[StoredEvent],
+) -> Iterator[tuple[int, str | None, dict[str, Any] | None]]:
     for event in stored:
         try:
-            yield (
-                event.originator_version,
-                event_document(event.state, event.originator_id, event.originator_version),
-            )
-        except ValueError:
-            yield event.originator_version, None
+            stored_hash = orjson.loads(event.state).get("hash")
+            yield event.originator_version, stored_hash, hashed_document(event)
+        except (ValueError, AttributeError):
+            yield event.originator_version, None, None
 
 
 def _first_break(
@@ -84,7 +115,7 @@ def _first_break(
         return ChainBreak(conversation_id, 1, "no events recorded for this conversation")
     expected_prev: str | None = None
     expected_position = 1
-    for position, document in _documents(list(stored)):
+    for position, stored_hash, document in _documents(list(stored)):
         if position != expected_position:
             return ChainBreak(
                 conversation_id,
@@ -93,8 +124,6 @@ def _first_break(
             )
         if document is None:
             return ChainBreak(conversation_id, position, "payload is not valid JSON")
-        stored_hash = document.pop("hash", None)
-        document.pop("class_version", None)
         if stored_hash != event_hash(document):
             return ChainBreak(conversation_id, position, "hash does not match the payload")
         if expected_prev is None:
