@@ -5,7 +5,6 @@ ConversationManager (Penguin's API) is a thin layer over this; the CLI and tests
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,6 +82,37 @@ def _check_text(text: str, what: str) -> None:
         ) from None
 
 
+def _check_json(value: Any, what: str) -> None:
+    """What orjson can store: string keys, 64-bit integers, valid Unicode."""
+    try:
+        orjson.dumps(value)
+    except TypeError as error:
+        if "surrogates" in str(error):
+            raise InvalidInput(f"{what} contains a lone surrogate; send valid Unicode.") from None
+        raise InvalidInput(
+            f"{what} must be JSON-serialisable (string keys, integers within 64 bits): {error}."
+        ) from None
+
+
+def _label(value: Any, what: str) -> str | None:
+    """An optional short text: a title, a checkpoint name or description."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, not {type(value).__name__}.")
+    _check_text(value, what)
+    return value
+
+
+def _checkpoint_type(value: Any) -> CheckpointType:
+    try:
+        return CheckpointType(value)
+    except ValueError:
+        raise InvalidInput(
+            f"Unknown checkpoint type {value!r}; use one of {[t.value for t in CheckpointType]}."
+        ) from None
+
+
 def content_parts(content: Any) -> tuple[ContentPart, ...]:
     """A message's content as parts: a non-empty string, or a list of part dicts."""
     if isinstance(content, str):
@@ -97,9 +127,7 @@ def content_parts(content: Any) -> tuple[ContentPart, ...]:
             raise InvalidInput(
                 f"Message parts are not valid: {error.errors()[0]['msg']}."
             ) from None
-        for part in parts:
-            if isinstance(part, TextPart):
-                _check_text(part.text, "A text part")
+        _check_json([part.model_dump() for part in parts], "The message parts")
         return parts
     raise InvalidInput(
         f"A message must be a non-empty string or list of parts, not {type(content).__name__}."
@@ -111,10 +139,7 @@ def _metadata(metadata: Any) -> dict[str, Any]:
         return {}
     if not isinstance(metadata, dict):
         raise InvalidInput(f"metadata must be a dict, not {type(metadata).__name__}.")
-    try:
-        json.dumps(metadata)
-    except (TypeError, ValueError) as error:
-        raise InvalidInput(f"metadata must be JSON-serialisable: {error}.") from None
+    _check_json(metadata, "metadata")
     return metadata
 
 
@@ -211,6 +236,9 @@ class Ledger:
         system_prompt: str = "",
         reset_from: UUID | None = None,
     ) -> UUID:
+        title = _label(title, "A title")
+        if not isinstance(system_prompt, str):
+            raise InvalidInput("A system prompt must be a string.")
         conversation_id = uuid4()
         view = ViewState().with_new_session(new_id("sess"))
 
@@ -373,10 +401,10 @@ class Ledger:
         description: str | None = None,
     ) -> str:
         cid = parse_conversation_id(conversation_id)
+        kind = _checkpoint_type(checkpoint_type)
+        name, description = _label(name, "A checkpoint name"), _label(description, "A description")
         return self._run(
-            lambda batch: self._checkpoint(
-                batch.get(cid), checkpoint_type, name, description, self.clock()
-            )
+            lambda batch: self._checkpoint(batch.get(cid), kind, name, description, self.clock())
         )
 
     def checkpoint(self, checkpoint_id: str) -> CheckpointRow:
@@ -409,6 +437,7 @@ class Ledger:
 
     def branch(self, source_id: str, title: str | None = None) -> UUID:
         """A new conversation whose view starts as the state at a checkpoint or snapshot."""
+        title = _label(title, "A branch title")
         checkpoint = self.read.checkpoint(str(source_id))
         snapshot = None if checkpoint else self.read.snapshot(str(source_id))
         if checkpoint is None and snapshot is None:
@@ -472,37 +501,63 @@ class Ledger:
 
         return self._run(decide)
 
-    def load_context_file(self, conversation_id: str | UUID, path: str | Path) -> ContextFile:
-        cid = parse_conversation_id(conversation_id)
+    def read_context(self, path: str | Path) -> ContextFile:
+        """Reads a context file the way load_context_file will use it, or raises."""
         file = read_context_file(self.workspace, path)
         if not file.text.strip():
             raise InvalidInput(f"Context file {file.path} is empty.")
+        _check_text(file.text, f"Context file {file.path}")
+        return file
 
-        def decide(batch: _Batch) -> ContextFile:
+    def _append_context(self, conversation: Conversation, file: ContextFile) -> None:
+        appended = self._append(
+            conversation,
+            Role.SYSTEM,
+            (TextPart(text=file.text),),
+            Category.CONTEXT,
+            {"source": file.path, "context_file": True},
+        )
+        conversation.record_context_file(
+            path=file.path,
+            name=file.name,
+            location=file.location,
+            size=file.size,
+            modified=file.modified,
+            message_id=appended.message_id,
+            timestamp=self.clock(),
+        )
+
+    def load_context_file(self, conversation_id: str | UUID, path: str | Path) -> ContextFile:
+        cid = parse_conversation_id(conversation_id)
+        file = self.read_context(path)
+        self._run(lambda batch: self._append_context(batch.get(cid), file))
+        return file
+
+    def append_user_turn(
+        self,
+        conversation_id: str | UUID,
+        content: Any,
+        *,
+        image_paths: Sequence[str | Path] = (),
+        context_files: Sequence[str | Path] = (),
+    ) -> AppendedMessage:
+        """The user's side of a turn (context files first, then the message with its
+        images), checked in full and then written in one transaction: all or nothing."""
+        cid = parse_conversation_id(conversation_id)
+        parts = content_parts(content) + tuple(read_image(path) for path in image_paths)
+        files = [self.read_context(path) for path in context_files]
+
+        def decide(batch: _Batch) -> AppendedMessage:
             conversation = batch.get(cid)
-            appended = self._append(
-                conversation,
-                Role.SYSTEM,
-                content_parts(file.text),
-                Category.CONTEXT,
-                {"source": file.path, "context_file": True},
-            )
-            conversation.record_context_file(
-                path=file.path,
-                name=file.name,
-                location=file.location,
-                size=file.size,
-                modified=file.modified,
-                message_id=appended.message_id,
-                timestamp=self.clock(),
-            )
-            return file
+            for file in files:
+                self._append_context(conversation, file)
+            return self._append(conversation, Role.USER, parts, None, {})
 
         return self._run(decide)
 
     def retitle(self, conversation_id: str | UUID, title: str) -> None:
         cid = parse_conversation_id(conversation_id)
-        if not isinstance(title, str):
+        if _label(title, "A title") is None:
             raise InvalidInput("A title must be a string.")
         self._run(lambda batch: batch.get(cid).retitle(title, self.clock()))
 
@@ -556,13 +611,7 @@ class Ledger:
     ) -> list[CheckpointRow]:
         cid = self._existing(conversation_id) if conversation_id is not None else None
         if checkpoint_type is not None:
-            try:
-                checkpoint_type = CheckpointType(str(checkpoint_type)).value
-            except ValueError:
-                raise InvalidInput(
-                    f"Unknown checkpoint type {checkpoint_type!r}; use one of "
-                    f"{[t.value for t in CheckpointType]}."
-                ) from None
+            checkpoint_type = _checkpoint_type(checkpoint_type).value
         return self.read.checkpoints(cid, checkpoint_type, limit, session_id)
 
     def list_conversations(

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from chatledger.ledger import Ledger, content_parts
+from chatledger.ledger import Ledger
 from chatledger.message import Message
 from chatledger.model_request import model_messages
 from domain.checkpoints import CheckpointConfig, CheckpointType
 from domain.errors import FileInputError, InvalidInput, NotFound
 from domain.messages import Category
-from infrastructure.files import list_context_files, read_context_file, read_image
+from infrastructure.files import list_context_files
 from infrastructure.offline_model import OfflineModel
 
 #: Used when model_config names no context window.
@@ -150,17 +150,10 @@ class ConversationManager:
     ) -> str | AsyncGenerator[str, None]:
         if conversation_id is not None:
             self._active = self.ledger.conversation(conversation_id).id
-        # Check everything before writing anything, so bad input leaves no half turn behind.
-        content_parts(message)
         images = [image_path] if isinstance(image_path, str | Path) else list(image_path or [])
-        for image in images:
-            read_image(image)
-        for file in context_files or []:
-            read_context_file(self.workspace, file)
-
-        for file in context_files or []:
-            self.ledger.load_context_file(self.active_id, file)
-        self.ledger.append_message(self.active_id, "user", message, image_paths=images)
+        self.ledger.append_user_turn(
+            self.active_id, message, image_paths=images, context_files=context_files or ()
+        )
         request = self._model_request()
         if streaming and stream_callback is None:
             return self._stream_turn(request)

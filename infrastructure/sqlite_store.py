@@ -29,6 +29,8 @@ def prepare_workspace(workspace: Path) -> Path:
 def check_database_file(path: Path) -> None:
     """Refuses a file that is not SQLite, is corrupt, holds someone else's tables, or was
     written by a newer chatledger, before anything is written to it."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a database file; move it aside.")
     if not path.exists() or path.stat().st_size == 0:
         return
     with path.open("rb") as file:
@@ -45,7 +47,7 @@ def check_database_file(path: Path) -> None:
                 row = connection.execute(
                     "SELECT value FROM chatledger_meta WHERE key='schema_version'"
                 ).fetchone()
-                version = int(row[0]) if row else None
+                version = row[0] if row else None
         finally:
             connection.close()
     except sqlite3.DatabaseError as error:
@@ -54,7 +56,9 @@ def check_database_file(path: Path) -> None:
         raise StoreError(
             f"{path} is a SQLite database of another program (tables: {sorted(tables)[:5]})."
         )
-    if version is not None and version > SCHEMA_VERSION:
+    if version is not None and not str(version).isdigit():
+        raise StoreError(f"{path} has an unreadable schema version {version!r}.")
+    if version is not None and int(version) > SCHEMA_VERSION:
         raise StoreError(
             f"{path} was written by a newer chatledger (schema {version}; this one reads up to "
             f"{SCHEMA_VERSION}). Upgrade chatledger to open it."

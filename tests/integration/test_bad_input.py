@@ -19,7 +19,6 @@ from uuid import UUID, uuid4
 
 import pytest
 from PIL import Image
-from pydantic import ValidationError
 
 from chatledger import (
     ChatledgerError,
@@ -358,33 +357,18 @@ LEDGER_CASES = [
         InvalidInput,
         "metadata",
         id="metadata-int-key",
-        marks=xfail(
-            "bug: _metadata() accepts non-string keys (json.dumps coerces them) and the event "
-            "model then raises a raw pydantic ValidationError",
-            ValidationError,
-        ),
     ),
     pytest.param(
         _append(metadata={"big": 2**70}),
         InvalidInput,
         "metadata",
         id="metadata-int-over-64-bit",
-        marks=xfail(
-            "bug: an integer beyond 64 bits passes _metadata() (json.dumps) but orjson refuses "
-            "it at save time with a raw TypeError",
-            TypeError,
-        ),
     ),
     pytest.param(
         _append(metadata={"note": "\ud800"}),
         InvalidInput,
         "surrogate",
         id="metadata-surrogate",
-        marks=xfail(
-            "bug: a lone surrogate in metadata is not checked; hashing the event raises a raw "
-            "pydantic ValidationError wrapping UnicodeEncodeError",
-            ValidationError,
-        ),
     ),
     pytest.param(
         lambda c: c.lg.take_snapshot(c.conversation, "meta"),
@@ -483,22 +467,12 @@ LEDGER_CASES = [
         InvalidInput,
         "title",
         id="start-title-int",
-        marks=xfail(
-            "bug: start_conversation does not check the title's type; pydantic raises a raw "
-            "ValidationError",
-            ValidationError,
-        ),
     ),
     pytest.param(
         lambda c: c.lg.start_conversation(title="\ud800"),
         InvalidInput,
         "surrogate",
         id="start-title-surrogate",
-        marks=xfail(
-            "bug: a lone surrogate in a title is not checked; hashing raises a raw pydantic "
-            "ValidationError wrapping UnicodeEncodeError",
-            ValidationError,
-        ),
     ),
     pytest.param(
         lambda c: c.lg.start_conversation(system_prompt="\ud800"),
@@ -511,11 +485,6 @@ LEDGER_CASES = [
         InvalidInput,
         "checkpoint type",
         id="checkpoint-bad-type",
-        marks=xfail(
-            "bug: create_checkpoint does not check checkpoint_type; pydantic raises a raw "
-            "ValidationError",
-            ValidationError,
-        ),
     ),
 ]
 
@@ -603,12 +572,6 @@ MANAGER_CASES = [
         InvalidInput,
         "is empty",
         id="process-second-context-empty",
-        marks=xfail(
-            "bug: process_message pre-checks context files for readability but not emptiness, "
-            "so good.txt is appended (MessageAppended + ContextFileLoaded) before the empty "
-            "file raises: a half-written turn",
-            AssertionError,
-        ),
     ),
     pytest.param(
         lambda c: c.m.add_message("wizard", "x"), InvalidInput, "unknown role", id="add-role"
@@ -878,22 +841,12 @@ OPEN_CASES = [
         StoreError,
         "schema",
         id="schema-not-a-number",
-        marks=xfail(
-            "bug: check_database_file does int(value) unguarded; a non-numeric schema_version "
-            "raises a raw ValueError instead of StoreError",
-            ValueError,
-        ),
     ),
     pytest.param(
         _database_is_a_directory,
         ChatledgerError,
         "chatledger.db",
         id="database-path-is-a-directory",
-        marks=xfail(
-            "bug: a directory named chatledger.db passes check_database_file (exists, st_size "
-            "nonzero) and path.open raises a raw IsADirectoryError",
-            IsADirectoryError,
-        ),
     ),
 ]
 
