@@ -188,8 +188,8 @@ class Ledger:
         self.clock = clock
         self._retention_runs: dict[UUID, datetime] = {}
         self.tokens = TokenCounter()
-        self.store = open_event_store(path, cache_size)
         self.db = open_projection_connection(path)
+        self.store = open_event_store(path, cache_size)
         self.read = ReadModel(self.db)
         self.projections = ProjectionRunner(self.db, self.store.recorder, self.store.mapper)
         self.projections.catch_up()
@@ -378,7 +378,10 @@ class Ledger:
             )
             pruned = checkpoints_to_prune(records, now, self.config)
         elif overflow > 0:
-            oldest = self.read.checkpoints(conversation.id, "auto", overflow, oldest_first=True)
+            # Prune a tenth of the cap at once, so a conversation at its cap records one
+            # pruning event per cap/10 messages instead of one per message.
+            batch = max(overflow, self.config.max_auto_checkpoints // 10)
+            oldest = self.read.checkpoints(conversation.id, "auto", batch, oldest_first=True)
             pruned = tuple(row.checkpoint_id for row in oldest)
         else:
             return

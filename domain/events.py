@@ -41,9 +41,15 @@ class ConversationEvent(Immutable, CanMutateAggregate[UUID]):
         if not self.hash:
             object.__setattr__(self, "hash", self.compute_hash())
 
+    def document(self) -> dict[str, Any]:
+        """The event as a JSON document, without its hash. None values are left out to keep
+        stored events small: every optional field of an event defaults to None, so they come
+        back on read."""
+        return self.model_dump(mode="json", exclude={"hash"}, exclude_none=True)
+
     def compute_hash(self) -> str:
         # The topic is hashed too: changing what kind of event a record is must show.
-        return event_hash({**self.model_dump(mode="json", exclude={"hash"}), "topic": self.TOPIC})
+        return event_hash({**self.document(), "topic": self.TOPIC})
 
     def apply(self, aggregate: Any) -> None:
         aggregate.chain_tip = self.hash

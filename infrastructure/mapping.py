@@ -15,6 +15,7 @@ from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel
 
 from domain.errors import StoreError
+from domain.events import ConversationEvent
 
 
 class OrjsonTranscoder(Transcoder):
@@ -36,7 +37,12 @@ def event_document(state: bytes, originator_id: Any, originator_version: int) ->
 class PydanticMapper(Mapper[Any]):
     def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
         model = cast(BaseModel, domain_event)
-        state = model.model_dump(mode="json", exclude={"originator_id", "originator_version"})
+        if isinstance(model, ConversationEvent):
+            state = model.document()
+            state["hash"] = model.hash
+        else:
+            state = model.model_dump(mode="json")
+        del state["originator_id"], state["originator_version"]
         class_version = getattr(type(model), "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version

@@ -24,12 +24,12 @@ def _encoding(name: str) -> tiktoken.Encoding:
 class TokenCounter:
     def __init__(self, encoding_name: str = DEFAULT_ENCODING) -> None:
         self.encoding_name = encoding_name
-        self._encoding = _encoding(encoding_name)
 
     def count_text(self, text: str) -> int:
-        # disallowed_special=() so user text containing "<|endoftext|>" is counted as text
-        # instead of raising.
-        return len(self._encoding.encode(text, disallowed_special=()))
+        # The encoding loads on first use (a few hundred ms), so opening a store to read
+        # does not pay for it. disallowed_special=() counts "<|endoftext|>" in user text as
+        # text instead of raising.
+        return len(_encoding(self.encoding_name).encode(text, disallowed_special=()))
 
     def count_parts(self, parts: tuple[ContentPart, ...]) -> int:
         total = 0

@@ -20,7 +20,7 @@ from projections.checkpoints import CheckpointIndex
 from projections.conversations import ConversationIndex
 from projections.search import MessageSearch
 from projections.sessions import SessionIndex
-from projections.token_usage import TokenUsageHistory
+from projections.token_usage import TokenUsage
 
 BATCH_SIZE = 1000
 
@@ -31,7 +31,7 @@ def all_projections() -> list[Projection]:
         CheckpointIndex(),
         SessionIndex(),
         BranchTree(),
-        TokenUsageHistory(),
+        TokenUsage(),
         MessageSearch(),
     ]
 

@@ -1,5 +1,5 @@
-"""Token usage over time: the size of each conversation's active view after every change,
-so a viewer can plot it and a reader can ask what it was at any position."""
+"""Token usage: tokens and messages per category of each conversation's active view,
+kept current message by message and reset whenever the view is replaced."""
 
 from __future__ import annotations
 
@@ -7,20 +7,19 @@ import sqlite3
 from typing import Any
 
 from domain import events
+from domain.messages import Category
 from projections.base import Handler, Projection
 
 
-class TokenUsageHistory(Projection):
+class TokenUsage(Projection):
     name = "token_usage"
     tables = ("token_usage",)
     ddl = (
         """CREATE TABLE IF NOT EXISTS token_usage (
             conversation_id TEXT NOT NULL,
-            position INTEGER NOT NULL,
-            recorded_at TEXT NOT NULL,
-            message_count INTEGER NOT NULL,
-            token_count INTEGER NOT NULL,
-            PRIMARY KEY (conversation_id, position)
+            category TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            PRIMARY KEY (conversation_id, category)
         ) WITHOUT ROWID""",
     )
 
@@ -29,38 +28,28 @@ class TokenUsageHistory(Projection):
             events.ConversationStarted: self._reset,
             events.RolledBack: self._reset,
             events.SnapshotRestored: self._reset,
-            events.MessageAppended: self._grow,
-            events.SessionStarted: self._grow,
+            events.MessageAppended: self._message,
+            events.SessionStarted: self._marker,
         }
 
     def _reset(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
-        self._insert(cursor, event, event.view.message_count, event.view.token_count)
-
-    def _grow(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
-        tokens = getattr(event, "tokens", None)
-        if tokens is None:
-            tokens = event.marker_tokens
-        cursor.execute(
-            "INSERT INTO token_usage SELECT conversation_id, ?, ?, message_count + 1, "
-            "token_count + ? FROM token_usage WHERE conversation_id=? "
-            "ORDER BY position DESC LIMIT 1",
-            (
-                event.originator_version,
-                event.timestamp.isoformat(),
-                tokens,
-                event.originator_id.hex,
-            ),
+        conversation = event.originator_id.hex
+        cursor.execute("DELETE FROM token_usage WHERE conversation_id=?", (conversation,))
+        cursor.executemany(
+            "INSERT INTO token_usage VALUES (?,?,?)",
+            [(conversation, c, t) for c, t in sorted(event.view.tokens_by_category.items())],
         )
 
+    def _message(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        self._add(cursor, event, event.category, event.tokens)
+
+    def _marker(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        self._add(cursor, event, Category.SYSTEM, event.marker_tokens)
+
     @staticmethod
-    def _insert(cursor: sqlite3.Cursor, event: Any, messages: int, tokens: int) -> None:
+    def _add(cursor: sqlite3.Cursor, event: Any, category: Category, tokens: int) -> None:
         cursor.execute(
-            "INSERT INTO token_usage VALUES (?,?,?,?,?)",
-            (
-                event.originator_id.hex,
-                event.originator_version,
-                event.timestamp.isoformat(),
-                messages,
-                tokens,
-            ),
+            "INSERT INTO token_usage VALUES (?,?,?) ON CONFLICT (conversation_id, category) "
+            "DO UPDATE SET tokens = tokens + excluded.tokens",
+            (event.originator_id.hex, category.value, tokens),
         )
