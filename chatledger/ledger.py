@@ -29,7 +29,6 @@ from domain.events import ForkPoint
 from domain.hashing import GENESIS_HASH
 from domain.messages import (
     DEFAULT_CATEGORY,
-    ELIGIBLE_ROLES,
     Category,
     ContentPart,
     Role,
@@ -315,7 +314,6 @@ class Ledger:
             encoding=self.tokens.encoding_name,
             timestamp=now,
             metadata=metadata,
-            eligible=role in ELIGIBLE_ROLES,
         )
         position = conversation.version
         if auto_checkpoint_due(self.config, conversation.view.eligible_since_auto_checkpoint):

@@ -77,7 +77,6 @@ class Conversation(BaseAggregate[UUID]):
         encoding: str,
         timestamp: datetime,
         metadata: dict[str, Any],
-        eligible: bool,
     ) -> None:
         if not parts:
             raise InvalidInput("A message needs at least one content part.")
@@ -91,8 +90,6 @@ class Conversation(BaseAggregate[UUID]):
             encoding=encoding,
             session_id=self.session_id,
             metadata=metadata,
-            pinned=category in (Category.SYSTEM, Category.CONTEXT),
-            eligible=eligible,
             timestamp=timestamp,
         )
 

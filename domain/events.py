@@ -17,7 +17,7 @@ from pydantic import Field
 
 from domain.checkpoints import CheckpointType
 from domain.hashing import event_hash
-from domain.messages import Category, ContentPart, Immutable, Role
+from domain.messages import ELIGIBLE_ROLES, Category, ContentPart, Immutable, Role
 from domain.view import ViewState
 
 
@@ -92,10 +92,16 @@ class MessageAppended(ConversationEvent):
     encoding: str
     session_id: str
     metadata: dict[str, Any] = Field(default_factory=dict)
-    #: Carried into every new session (SYSTEM and CONTEXT messages).
-    pinned: bool = False
-    #: Counts towards automatic checkpoints (dialog and tool messages).
-    eligible: bool = False
+
+    @property
+    def pinned(self) -> bool:
+        """Carried into every new session: SYSTEM and CONTEXT messages."""
+        return self.category in (Category.SYSTEM, Category.CONTEXT)
+
+    @property
+    def eligible(self) -> bool:
+        """Counts towards automatic checkpoints: dialog and tool messages."""
+        return self.role in ELIGIBLE_ROLES
 
     def apply(self, aggregate: Any) -> None:
         super().apply(aggregate)

@@ -35,7 +35,6 @@ def say(conversation: Conversation, text: str, role: Role = Role.USER, tokens: i
         encoding="test",
         timestamp=NOW,
         metadata={},
-        eligible=role is not Role.SYSTEM,
     )
 
 
