@@ -204,7 +204,7 @@ class Ledger:
             batch = _Batch(self.store)
             try:
                 result = decide(batch)
-                self.store.save(*batch.aggregates.values())
+                self.store.save_conversations(*batch.aggregates.values())
             except RecordConflictError:
                 self._forget(batch)
                 continue
