@@ -601,7 +601,10 @@ class Ledger:
         head = self.store.conversation(cid, fresh=True).version
         if not isinstance(position, int) or not 1 <= position <= head:
             raise InvalidInput(f"Position must be between 1 and {head} for conversation {cid}.")
-        return self.read.transcript(self.view_at(cid, position).segments(cid, position))
+        segments = self.read.segments_at(cid, position)
+        if segments is None:  # pragma: no cover - every conversation starts with a view row
+            raise ConversationNotFound(f"Conversation {cid} has no view at {position}.")
+        return self.read.transcript(segments)
 
     def checkpoints(
         self,

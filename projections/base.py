@@ -17,6 +17,8 @@ class Projection:
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]] = ()
     ddl: ClassVar[tuple[str, ...]] = ()
+    #: Whether SELECT * gives its rows back (a contentless full-text index does not).
+    readable: ClassVar[bool] = True
 
     def handlers(self) -> dict[type, Handler]:
         raise NotImplementedError

@@ -25,7 +25,7 @@ def view_columns(view: ViewState) -> dict[str, Any]:
 
 class ConversationIndex(Projection):
     name = "conversations"
-    tables = ("conversations",)
+    tables = ("conversations", "conversation_views")
     ddl = (
         """CREATE TABLE IF NOT EXISTS conversations (
             conversation_id TEXT PRIMARY KEY,
@@ -43,6 +43,15 @@ class ConversationIndex(Projection):
         )""",
         "CREATE INDEX IF NOT EXISTS conversations_by_activity "
         "ON conversations (last_active DESC, conversation_id)",
+        # Every shape the view has had, by the position it took effect: "as of position N"
+        # is the last row at or before N, its own stream cut at N. No replay needed.
+        """CREATE TABLE IF NOT EXISTS conversation_views (
+            conversation_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            closed BLOB NOT NULL,
+            open_from INTEGER NOT NULL,
+            PRIMARY KEY (conversation_id, position)
+        ) WITHOUT ROWID""",
     )
 
     def handlers(self) -> dict[type, Handler]:
@@ -73,6 +82,19 @@ class ConversationIndex(Projection):
                 columns["open_from"],
                 columns["message_count"],
                 columns["token_count"],
+            ),
+        )
+        self._record_view(cursor, event, columns)
+
+    @staticmethod
+    def _record_view(cursor: sqlite3.Cursor, event: Any, columns: dict[str, Any]) -> None:
+        cursor.execute(
+            "INSERT INTO conversation_views VALUES (?,?,?,?)",
+            (
+                event.originator_id.hex,
+                event.originator_version,
+                columns["closed"],
+                columns["open_from"],
             ),
         )
 
@@ -115,6 +137,7 @@ class ConversationIndex(Projection):
                 event.originator_id.hex,
             ),
         )
+        self._record_view(cursor, event, columns)
 
     def _titled(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
         cursor.execute(

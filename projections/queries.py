@@ -110,6 +110,19 @@ class ReadModel:
             messages.extend(_message_dict(topic, pos, named, state) for pos, topic, state in rows)
         return messages
 
+    def segments_at(self, conversation_id: UUID, position: int) -> tuple[Segment, ...] | None:
+        """The view's segments right after event `position`, from the view history."""
+        row = self.db.execute(
+            "SELECT closed, open_from FROM conversation_views WHERE conversation_id=? "
+            "AND position<=? ORDER BY position DESC LIMIT 1",
+            (conversation_id.hex, position),
+        ).fetchone()
+        if row is None:
+            return None
+        closed = tuple(Segment.model_validate(s) for s in orjson.loads(row[0]))
+        own = Segment(conversation_id=conversation_id, first=row[1], last=position)
+        return (*closed, own) if position >= row[1] else closed
+
     # -- conversations -----------------------------------------------------------------
     def conversation_exists(self, conversation_id: UUID) -> bool:
         return (

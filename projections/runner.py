@@ -73,6 +73,11 @@ class ProjectionRunner:
             raise
         self.db.execute("COMMIT")
 
+    def readable_tables(self) -> list[str]:
+        """Every projection table whose rows can be read back, for comparing a rebuild with
+        the incrementally maintained views."""
+        return [t for p in self.projections if p.readable for t in p.tables]
+
     def position(self) -> int:
         rows = self.db.execute("SELECT MIN(position) FROM projection_tracking").fetchone()
         return int(rows[0] or 0)

@@ -16,6 +16,7 @@ from projections.base import Handler, Projection
 class MessageSearch(Projection):
     name = "search"
     tables = ("message_search",)
+    readable = False
     ddl = (
         "CREATE VIRTUAL TABLE IF NOT EXISTS message_search "
         "USING fts5(text, content='', tokenize='unicode61 remove_diacritics 2')",

@@ -13,15 +13,6 @@ from PIL import Image
 
 from chatledger import CheckpointConfig, CheckpointType, ConversationManager
 
-PROJECTION_TABLES = [
-    "conversations",
-    "checkpoints",
-    "snapshots",
-    "sessions",
-    "branches",
-    "token_usage",
-]
-
 
 class PenguinClient:
     """Shaped like Penguin's API client; answers with a counter so turns are distinguishable."""
@@ -328,9 +319,11 @@ class StoreContract:
         await manager.branch_from_checkpoint(checkpoint)
         manager.create_snapshot(meta={"k": "v"})
         await manager.process_message("c")
-        before = manager.ledger.read.table_dump(PROJECTION_TABLES)
+        tables = manager.ledger.projections.readable_tables()
+        assert {"conversations", "conversation_views", "checkpoints", "token_usage"} <= set(tables)
+        before = manager.ledger.read.table_dump(tables)
         search_before = manager.list_conversations(search_term="a")
         assert manager.ledger.rebuild_projections() > 0
-        assert manager.ledger.read.table_dump(PROJECTION_TABLES) == before
+        assert manager.ledger.read.table_dump(tables) == before
         assert manager.list_conversations(search_term="a") == search_before
         assert manager.ledger.verify().ok
