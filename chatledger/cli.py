@@ -14,6 +14,7 @@ from rich.tree import Tree
 from chatledger.ledger import Ledger
 from chatledger.manager import ConversationManager
 from domain.errors import ChatledgerError
+from infrastructure.sqlite_store import DB_FILE
 
 app = typer.Typer(help="chatledger: an append-only, event-sourced conversation ledger.")
 console = Console()
@@ -29,8 +30,13 @@ def _workspace(workspace: Path | None) -> Path:
 
 
 def _ledger(workspace: Path | None) -> Ledger:
+    """Opens an existing store; reading commands never create one where there is none."""
+    path = _workspace(workspace)
+    if not path.is_file() and not (path / DB_FILE).exists():
+        console.print(f"[red]error:[/red] no chatledger store in {path} (run a chat there first).")
+        raise typer.Exit(2)
     try:
-        return Ledger(_workspace(workspace))
+        return Ledger(path)
     except ChatledgerError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None

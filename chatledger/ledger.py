@@ -436,9 +436,12 @@ class Ledger:
     def view_at(self, conversation_id: UUID, position: int) -> ViewState:
         return self.store.conversation(conversation_id, version=position).view
 
-    def branch(self, source_id: str, title: str | None = None) -> UUID:
+    def branch(
+        self, source_id: str, title: str | None = None, description: str | None = None
+    ) -> UUID:
         """A new conversation whose view starts as the state at a checkpoint or snapshot."""
         title = _label(title, "A branch title")
+        description = _label(description, "A branch description")
         checkpoint = self.read.checkpoint(str(source_id))
         snapshot = None if checkpoint else self.read.snapshot(str(source_id))
         if checkpoint is None and snapshot is None:
@@ -468,7 +471,11 @@ class Ledger:
                 )
             )
             self._checkpoint(
-                branch, CheckpointType.BRANCH, title, f"Branched from {source_id}", now
+                branch,
+                CheckpointType.BRANCH,
+                title,
+                description or f"Branched from {source_id}",
+                now,
             )
             return branch_id
 

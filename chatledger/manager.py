@@ -241,7 +241,7 @@ class ConversationManager:
         self, checkpoint_id: str, name: str | None = None, description: str | None = None
     ) -> str | None:
         try:
-            self._active = self.ledger.branch(checkpoint_id, name)
+            self._active = self.ledger.branch(checkpoint_id, name, description)
         except NotFound:
             return None
         return str(self._active)

@@ -323,3 +323,12 @@ def test_unusable_workspace_exits_2(tmp_path: Path, command: str) -> None:
     result = invoke(*args, "-w", not_a_folder)
     assert result.code == 2, result.text
     assert "is a file; give a folder path instead" in result.text
+
+
+@pytest.mark.parametrize("command", [["ls"], ["verify"], ["tree"], ["checkpoints"], ["rebuild"]])
+def test_reading_commands_never_create_a_store(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "typo"
+    result = invoke(*command, "--workspace", missing)
+    assert result.code == 2
+    assert "no chatledger store" in result.text
+    assert not missing.exists()

@@ -134,8 +134,10 @@ class StoreContract:
         await manager.process_message("only in parent")
         parent_history = manager.get_history()
 
-        branch = await manager.branch_from_checkpoint(checkpoint, name="alt")
+        branch = await manager.branch_from_checkpoint(checkpoint, name="alt", description="why")
         assert branch is not None and branch != parent
+        (marker,) = manager.list_checkpoints(session_id=branch, checkpoint_type="branch")
+        assert (marker["name"], marker["description"]) == ("alt", "why")
         assert manager.get_conversation_id() == branch
         await manager.process_message("only in branch")
         branch_texts = [m["content"] for m in manager.get_history()]
