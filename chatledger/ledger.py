@@ -5,6 +5,7 @@ ConversationManager (Penguin's API) is a thin layer over this; the CLI and tests
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +17,9 @@ import orjson
 from eventsourcing.persistence import RecordConflictError
 from pydantic import TypeAdapter, ValidationError
 
+from chatledger.model_context import ModelRequest, SessionContext, build_request
 from domain.checkpoints import CheckpointConfig, CheckpointType, auto_checkpoint_due
+from domain.context_window import Trim, WindowConfig
 from domain.conversation import Conversation
 from domain.errors import (
     CheckpointNotFound,
@@ -43,7 +46,7 @@ from infrastructure.sqlite_store import (
     open_projection_connection,
     prepare_workspace,
 )
-from infrastructure.tokenizer import TokenCounter
+from infrastructure.token_counting import DEFAULT_CONTEXT_WINDOW, ModelTokenizer, tokenizer_for
 from infrastructure.verification import VerificationReport, verify
 from projections.queries import CheckpointRow, ReadModel
 from projections.runner import ProjectionRunner
@@ -160,6 +163,34 @@ class _Batch:
         return conversation
 
 
+class _Follower:
+    """Keeps a working session context in step with the events a command triggers."""
+
+    def __init__(self, conversation: Conversation, context: SessionContext) -> None:
+        self.conversation, self.context = conversation, context
+        self.seen = len(conversation.pending_events)
+
+    def __call__(self) -> None:
+        for event in self.conversation.pending_events[self.seen :]:
+            self.context.apply(event)
+        self.seen = len(self.conversation.pending_events)
+
+
+def _by_category(trims: Sequence[Trim]) -> dict[Category, list[Trim]]:
+    grouped: dict[Category, list[Trim]] = {}
+    for trim in trims:
+        grouped.setdefault(trim.category, []).append(trim)
+    return grouped
+
+
+@dataclass(frozen=True)
+class PreparedTurn:
+    conversation_id: UUID
+    message_id: str
+    call_id: str
+    request: ModelRequest
+
+
 @dataclass(frozen=True)
 class AppendedMessage:
     conversation_id: UUID
@@ -176,6 +207,8 @@ class Ledger:
         max_messages_per_session: int = 5000,
         cache_size: int = 20,
         clock: Callable[[], datetime] = utc_now,
+        window: WindowConfig | None = None,
+        tokenizer: ModelTokenizer | None = None,
     ) -> None:
         if max_messages_per_session < 1:
             raise InvalidInput("max_messages_per_session must be at least 1.")
@@ -186,7 +219,11 @@ class Ledger:
         self.max_messages_per_session = max_messages_per_session
         self.clock = clock
         self._retention_runs: dict[UUID, datetime] = {}
-        self.tokens = TokenCounter()
+        self.window = window or WindowConfig(context_window=DEFAULT_CONTEXT_WINDOW)
+        #: Session contexts of recently used conversations, least recently used first.
+        self._contexts: OrderedDict[UUID, SessionContext] = OrderedDict()
+        self._context_cache_size = max(1, cache_size)
+        self.tokens = tokenizer or tokenizer_for(None)
         self.db = open_projection_connection(path)
         self.store = open_event_store(path, cache_size)
         self.read = ReadModel(self.db)
@@ -204,13 +241,17 @@ class Ledger:
             batch = _Batch(self.store)
             try:
                 result = decide(batch)
-                self.store.save_conversations(*batch.aggregates.values())
+                recordings = self.store.save_conversations(*batch.aggregates.values())
             except RecordConflictError:
                 self._forget(batch)
                 continue
             except BaseException:
                 self._forget(batch)
                 raise
+            for recording in recordings:
+                context = self._contexts.get(recording.domain_event.originator_id)
+                if context is not None:
+                    context.apply(recording.domain_event)
             return result
         raise ConcurrencyConflict(
             f"Gave up after {MAX_ATTEMPTS} attempts: other writers kept appending to the same "
@@ -220,6 +261,7 @@ class Ledger:
     def _forget(self, batch: _Batch) -> None:
         for conversation_id in batch.aggregates:
             self.store.forget(conversation_id)
+            self._contexts.pop(conversation_id, None)
 
     def _existing(self, conversation_id: str | UUID) -> UUID:
         cid = parse_conversation_id(conversation_id)
@@ -276,7 +318,9 @@ class Ledger:
                 f"Unknown role {role!r}; use one of {[r.value for r in Role]}."
             ) from None
         the_category = self._category(category)
-        parts = content_parts(content) + tuple(read_image(path) for path in image_paths)
+        parts = content_parts(content) + tuple(
+            self.tokens.price_image(read_image(path)) for path in image_paths
+        )
         meta = _metadata(metadata)
         return self._run(
             lambda batch: self._append(batch.get(cid), the_role, parts, the_category, meta)
@@ -310,7 +354,7 @@ class Ledger:
             role=role,
             category=category or DEFAULT_CATEGORY[role],
             parts=parts,
-            tokens=self.tokens.count_parts(parts),
+            tokens=self.tokens.count_parts(role, parts),
             encoding=self.tokens.encoding_name,
             timestamp=now,
             metadata=metadata,
@@ -331,7 +375,7 @@ class Ledger:
             reason=reason,
             marker_message_id=new_id("msg"),
             marker_text=marker,
-            marker_tokens=self.tokens.count_text(marker),
+            marker_tokens=self.tokens.count_message(Role.SYSTEM, self.tokens.count_text(marker)),
             encoding=self.tokens.encoding_name,
             timestamp=now,
         )
@@ -541,27 +585,139 @@ class Ledger:
         self._run(lambda batch: self._append_context(batch.get(cid), file))
         return file
 
-    def append_user_turn(
+    def prepare_turn(
         self,
         conversation_id: str | UUID,
         content: Any,
         *,
         image_paths: Sequence[str | Path] = (),
         context_files: Sequence[str | Path] = (),
-    ) -> AppendedMessage:
-        """The user's side of a turn (context files first, then the message with its
-        images), checked in full and then written in one transaction: all or nothing."""
+        provider: str = "offline",
+        model: str = "offline",
+        parameters: dict[str, Any] | None = None,
+    ) -> PreparedTurn:
+        """The user's side of a turn, decided and written in one transaction (all or
+        nothing): context files, the user message (in a new session when the current one is
+        full), the trims that make the context fit, and the record of the model call about to
+        be made (what is sent, and the request's hash)."""
         cid = parse_conversation_id(conversation_id)
-        parts = content_parts(content) + tuple(read_image(path) for path in image_paths)
+        parts = content_parts(content) + tuple(
+            self.tokens.price_image(read_image(path)) for path in image_paths
+        )
         files = [self.read_context(path) for path in context_files]
+        user_tokens = self.tokens.count_parts(Role.USER, parts)
 
-        def decide(batch: _Batch) -> AppendedMessage:
+        def decide(batch: _Batch) -> PreparedTurn:
             conversation = batch.get(cid)
+            context = self._session_context(conversation).copy()
+            follow = _Follower(conversation, context)
+            now = self.clock()
             for file in files:
                 self._append_context(conversation, file)
-            return self._append(conversation, Role.USER, parts, None, {})
+            follow()
+            # Everything trimming cannot remove (SYSTEM messages, the newest user message) is
+            # carried by a new session too, so a new session cannot fit what trimming cannot:
+            # such a turn is refused here, before anything is written.
+            untrimmable = self._untrimmable_tokens(context, user_tokens)
+            if untrimmable > self.window.usable:
+                raise InvalidInput(
+                    f"This turn cannot fit the model's usable window of {self.window.usable} "
+                    f"tokens even after trimming: the message needs {user_tokens} and the "
+                    f"SYSTEM messages {untrimmable - user_tokens}. Shorten it, or use a model "
+                    "with a larger window."
+                )
+            appended = self._append(conversation, Role.USER, parts, None, {})
+            follow()
+            plan = context.plan(self.window)
+            for category, trims in _by_category(plan.trimmed).items():
+                conversation.trim_context(
+                    message_ids=tuple(t.message_id for t in trims),
+                    category=category,
+                    tokens_freed=sum(t.tokens for t in trims),
+                    budget=plan.budget.get(category, 0),
+                    reason=trims[0].reason,
+                    timestamp=now,
+                )
+            follow()
+            request = build_request(context, plan)
+            call_id = new_id("call")
+            conversation.record_model_call(
+                call_id=call_id,
+                provider=provider,
+                model=model,
+                parameters=parameters or {},
+                message_ids=request.message_ids,
+                images_replaced=request.images_replaced,
+                request_hash=request.hash,
+                prompt_tokens=request.tokens,
+                timestamp=now,
+            )
+            return PreparedTurn(cid, appended.message_id, call_id, request)
 
         return self._run(decide)
+
+    @staticmethod
+    def _untrimmable_tokens(context: SessionContext, user_tokens: int) -> int:
+        return user_tokens + sum(
+            row["tokens"] for row in context.rows.values() if row["category"] == "SYSTEM"
+        )
+
+    def _session_context(self, conversation: Conversation) -> SessionContext:
+        cached = self._contexts.get(conversation.id)
+        if cached is not None and not cached.stale and cached.version == conversation.version:
+            self._contexts.move_to_end(conversation.id)
+            return cached
+        context = self._context_from_log(conversation.id, conversation.version, conversation.view)
+        self._contexts[conversation.id] = context
+        while len(self._contexts) > self._context_cache_size:
+            self._contexts.popitem(last=False)
+        return context
+
+    def _context_from_log(self, cid: UUID, position: int, view: ViewState) -> SessionContext:
+        segments = view.segments(cid, position)
+        return SessionContext.from_log(
+            cid,
+            position,
+            view.session.session_id,
+            {pin.message_id for pin in view.pinned},
+            self.read.transcript(segments),
+            self.read.trims(segments),
+        )
+
+    def context_at(
+        self, conversation_id: str | UUID, position: int | None = None
+    ) -> dict[str, Any]:
+        """What the model was (or would be) sent right after event `position` (default: now):
+        the messages in the order sent, the session's messages left out and why, and the
+        request's hash. Replaying a recorded turn's position gives its recorded manifest."""
+        cid = self._existing(conversation_id)
+        head = self.store.conversation(cid, fresh=True)
+        at = head.version if position is None else position
+        if not isinstance(at, int) or not 1 <= at <= head.version:
+            raise InvalidInput(f"Position must be between 1 and {head.version} for {cid}.")
+        view = head.view if at == head.version else self.view_at(cid, at)
+        context = self._context_from_log(cid, at, view)
+        plan = context.plan(self.window)
+        request = build_request(context, plan)
+        replaced = set(plan.images_replaced)
+        would_trim = {t.message_id: f"would be trimmed: {t.reason}" for t in plan.trimmed}
+        segments = view.segments(cid, at)
+        left_out = [
+            {**row, "reason": context.trimmed.get(row["id"]) or would_trim[row["id"]]}
+            for row in self.read.transcript(segments)
+            if row["id"] in context.trimmed or row["id"] in would_trim
+        ]
+        return {
+            "conversation_id": str(cid),
+            "position": at,
+            "session_id": context.session_id,
+            "sent": [{**context.rows[mid], "image_replaced": mid in replaced} for mid in plan.kept],
+            "left_out": left_out,
+            "request": request.messages,
+            "request_hash": request.hash,
+            "tokens": plan.total_tokens,
+            "usable_window": self.window.usable,
+        }
 
     def retitle(self, conversation_id: str | UUID, title: str) -> None:
         cid = parse_conversation_id(conversation_id)

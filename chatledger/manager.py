@@ -15,16 +15,13 @@ from uuid import UUID
 
 from chatledger.ledger import Ledger
 from chatledger.message import Message
-from chatledger.model_request import model_messages
 from domain.checkpoints import CheckpointConfig, CheckpointType
+from domain.context_window import WindowConfig
 from domain.errors import FileInputError, InvalidInput, NotFound
 from domain.messages import Category
 from infrastructure.files import list_context_files
 from infrastructure.offline_model import OfflineModel
-
-#: Used when model_config names no context window.
-DEFAULT_CONTEXT_WINDOW = 128_000
-USABLE_WINDOW_SHARE = 0.85
+from infrastructure.token_counting import context_window_for, tokenizer_for
 
 
 def _config_value(model_config: Any, *names: str) -> Any:
@@ -55,11 +52,20 @@ class ConversationManager:
             raise InvalidInput("system_prompt must be a string.")
         workspace = Path(workspace_path) if workspace_path else Path.cwd() / ".chatledger"
         self.checkpoint_config = checkpoint_config or CheckpointConfig()
+        model = _config_value(model_config, "model")
+        provider = _config_value(model_config, "provider")
+        window = _config_value(
+            model_config, "context_window", "max_context_window_tokens", "max_history_tokens"
+        )
         self.ledger = Ledger(
             workspace,
             checkpoint_config=self.checkpoint_config,
             max_messages_per_session=max_messages_per_session,
             cache_size=max_sessions_in_memory,
+            window=WindowConfig(
+                context_window=context_window_for(model, int(window) if window else None)
+            ),
+            tokenizer=tokenizer_for(model, provider),
         )
         self.workspace = self.ledger.workspace
         self.model_config = model_config
@@ -151,10 +157,16 @@ class ConversationManager:
         if conversation_id is not None:
             self._active = self.ledger.conversation(conversation_id).id
         images = [image_path] if isinstance(image_path, str | Path) else list(image_path or [])
-        self.ledger.append_user_turn(
-            self.active_id, message, image_paths=images, context_files=context_files or ()
+        turn = self.ledger.prepare_turn(
+            self.active_id,
+            message,
+            image_paths=images,
+            context_files=context_files or (),
+            provider=getattr(self.api_client, "name", type(self.api_client).__name__),
+            model=str(_config_value(self.model_config, "model") or "unknown"),
+            parameters={"max_tokens": self._max_tokens()} if self._max_tokens() else {},
         )
-        request = self._model_request()
+        request = turn.request.for_client()
         if streaming and stream_callback is None:
             return self._stream_turn(request)
         try:
@@ -166,11 +178,6 @@ class ConversationManager:
             return self._failed(error)
         self._record_answer(text)
         return text
-
-    def _model_request(self) -> list[dict[str, Any]]:
-        conversation = self.ledger.conversation(self.active_id)
-        pinned = {pin.message_id for pin in conversation.view.pinned}
-        return model_messages(self.get_history_rows(), conversation.session_id, pinned)
 
     def _max_tokens(self) -> int | None:
         return _config_value(self.model_config, "max_tokens", "max_output_tokens")
@@ -294,10 +301,7 @@ class ConversationManager:
 
     def get_token_usage(self) -> dict[str, Any]:
         view = self.ledger.conversation(self.active_id).view
-        window = _config_value(
-            self.model_config, "context_window", "max_context_window_tokens", "max_history_tokens"
-        )
-        usable = int((window or DEFAULT_CONTEXT_WINDOW) * USABLE_WINDOW_SHARE)
+        usable = self.ledger.window.usable
         session = view.session
         categories = {c.value: session.tokens_by_category.get(c.value, 0) for c in Category}
         total = sum(categories.values())
@@ -307,12 +311,7 @@ class ConversationManager:
             "available_tokens": max(0, usable - total),
             "percentage": min(100.0, 100.0 * total / usable) if usable else 100.0,
             "categories": categories,
-            "truncations": {
-                "total_truncations": 0,
-                "messages_removed": 0,
-                "tokens_freed": 0,
-                "by_category": {},
-            },
+            "truncations": view.truncations.model_dump(),
             "sessions": [
                 {
                     "session_id": s.session_id,
@@ -324,4 +323,5 @@ class ConversationManager:
             ],
             "chain_total": view.token_count,
             "encoding": self.ledger.tokens.encoding_name,
+            "tokenizer": self.ledger.tokens.describe(),
         }

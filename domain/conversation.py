@@ -250,6 +250,54 @@ class Conversation(BaseAggregate[UUID]):
         if title != self.title:
             self.trigger_event(events.ConversationTitled, title=title, timestamp=timestamp)
 
+    def trim_context(
+        self,
+        *,
+        message_ids: tuple[str, ...],
+        category: Category,
+        tokens_freed: int,
+        budget: int,
+        reason: str,
+        timestamp: datetime,
+    ) -> None:
+        if message_ids:
+            self.trigger_event(
+                events.ContextTrimmed,
+                session_id=self.session_id,
+                message_ids=message_ids,
+                category=category,
+                tokens_freed=tokens_freed,
+                budget=budget,
+                reason=reason,
+                timestamp=timestamp,
+            )
+
+    def record_model_call(
+        self,
+        *,
+        call_id: str,
+        provider: str,
+        model: str,
+        parameters: dict[str, Any],
+        message_ids: tuple[str, ...],
+        images_replaced: tuple[str, ...],
+        request_hash: str,
+        prompt_tokens: int,
+        timestamp: datetime,
+    ) -> None:
+        self.trigger_event(
+            events.ModelCalled,
+            call_id=call_id,
+            provider=provider,
+            model=model,
+            parameters=parameters,
+            message_ids=message_ids,
+            images_replaced=images_replaced,
+            request_hash=request_hash,
+            prompt_tokens=prompt_tokens,
+            timestamp=timestamp,
+        )
+
     def record_model_failure(
         self, *, error_type: str, message: str, partial_text: str, timestamp: datetime
     ) -> None:

@@ -239,5 +239,40 @@ class ModelCallFailed(ConversationEvent):
     partial_text: str = ""
 
 
+class ContextTrimmed(ConversationEvent):
+    """A trim decision: these messages are left out of the model's context from here on in
+    this session. The transcript keeps them."""
+
+    TOPIC = "chatledger:ContextTrimmed"
+
+    session_id: str
+    message_ids: tuple[str, ...]
+    category: Category
+    tokens_freed: int
+    budget: int
+    reason: str
+
+    def apply(self, aggregate: Any) -> None:
+        super().apply(aggregate)
+        aggregate.view = aggregate.view.with_trim(
+            self.category, len(self.message_ids), self.tokens_freed
+        )
+
+
+class ModelCalled(ConversationEvent):
+    """What was sent to a model: the messages, in order, and a hash of the exact request."""
+
+    TOPIC = "chatledger:ModelCalled"
+
+    call_id: str
+    provider: str
+    model: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    message_ids: tuple[str, ...]
+    images_replaced: tuple[str, ...] = ()
+    request_hash: str
+    prompt_tokens: int
+
+
 #: Events that put a message into the transcript.
 MESSAGE_TOPICS = (MessageAppended.TOPIC, SessionStarted.TOPIC)

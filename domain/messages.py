@@ -51,6 +51,10 @@ class ImagePart(Immutable):
     media_type: str
     sha256: str
     size: int
+    width: int = 0
+    height: int = 0
+    #: What the image costs in the model's context, by the provider's formula.
+    tokens: int = 0
 
 
 class ToolCallPart(Immutable):

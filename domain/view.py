@@ -47,6 +47,15 @@ def _add_tokens(totals: dict[str, int], category: Category, tokens: int) -> dict
     return updated
 
 
+class Truncations(Immutable):
+    """What trimming has left out of the model's context in this view (history keeps it)."""
+
+    total_truncations: int = 0
+    messages_removed: int = 0
+    tokens_freed: int = 0
+    by_category: dict[str, int] = Field(default_factory=dict)
+
+
 class ViewState(Immutable):
     """What a conversation shows at one position.
 
@@ -61,6 +70,7 @@ class ViewState(Immutable):
     pinned: tuple[PinnedMessage, ...] = ()
     sessions: tuple[SessionSummary, ...] = ()
     eligible_since_auto_checkpoint: int = 0
+    truncations: Truncations = Truncations()
 
     @property
     def session(self) -> SessionSummary:
@@ -110,6 +120,26 @@ class ViewState(Immutable):
         number = self.session.number + 1 if self.sessions else 1
         fresh = SessionSummary(session_id=session_id, number=number, tokens_by_category=carried)
         return self.model_copy(update={"sessions": (*self.sessions, fresh)})
+
+    def with_trim(self, category: Category, messages: int, tokens: int) -> ViewState:
+        """Trimmed messages leave the session's window (not the transcript)."""
+        session = self.session.model_copy(
+            update={
+                "tokens_by_category": _add_tokens(
+                    self.session.tokens_by_category, category, -tokens
+                )
+            }
+        )
+        totals = self.truncations
+        truncations = Truncations(
+            total_truncations=totals.total_truncations + 1,
+            messages_removed=totals.messages_removed + messages,
+            tokens_freed=totals.tokens_freed + tokens,
+            by_category=_add_tokens(totals.by_category, category, messages),
+        )
+        return self.model_copy(
+            update={"sessions": (*self.sessions[:-1], session), "truncations": truncations}
+        )
 
     def after_auto_checkpoint(self) -> ViewState:
         return self.model_copy(update={"eligible_since_auto_checkpoint": 0})

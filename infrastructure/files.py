@@ -97,6 +97,7 @@ def read_image(path: str | Path) -> ImagePart:
         with Image.open(file) as image:
             image.verify()
             media_type = Image.MIME.get(image.format or "", "application/octet-stream")
+            width, height = image.size
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise FileInputError(f"{file} is not an image chatledger can read: {error}.") from error
     return ImagePart(
@@ -104,4 +105,6 @@ def read_image(path: str | Path) -> ImagePart:
         media_type=media_type,
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
+        width=width,
+        height=height,
     )

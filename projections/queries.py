@@ -14,7 +14,7 @@ from uuid import UUID
 
 import orjson
 
-from domain.events import MESSAGE_TOPICS, MessageAppended
+from domain.events import MESSAGE_TOPICS, ContextTrimmed, MessageAppended
 from domain.messages import Category, Role
 from domain.titles import conversation_title
 from domain.view import Segment
@@ -58,8 +58,10 @@ class SnapshotRow:
     meta: dict[str, Any]
 
 
-def _message_dict(topic: str, position: int, conversation_id: str, state: bytes) -> dict[str, Any]:
-    doc = orjson.loads(state)
+def message_row(
+    topic: str, position: int, conversation_id: str, doc: dict[str, Any]
+) -> dict[str, Any]:
+    """A transcript row from a MessageAppended or SessionStarted event's JSON document."""
     if topic == MessageAppended.TOPIC:
         parts = doc["parts"]
         content: Any = parts[0]["text"] if len(parts) == 1 and parts[0]["type"] == "text" else parts
@@ -107,8 +109,22 @@ class ReadModel:
             rows = self.db.execute(
                 statement, (stream, segment.first, segment.last, *MESSAGE_TOPICS)
             )
-            messages.extend(_message_dict(topic, pos, named, state) for pos, topic, state in rows)
+            messages.extend(
+                message_row(topic, pos, named, orjson.loads(state)) for pos, topic, state in rows
+            )
         return messages
+
+    def trims(self, segments: Iterable[Segment]) -> list[dict[str, Any]]:
+        """The trim decisions recorded in these segments, oldest first."""
+        found: list[dict[str, Any]] = []
+        for segment in segments:
+            rows = self.db.execute(
+                "SELECT state FROM stored_events WHERE originator_id=? "
+                "AND originator_version BETWEEN ? AND ? AND topic=? ORDER BY originator_version",
+                (segment.conversation_id.hex, segment.first, segment.last, ContextTrimmed.TOPIC),
+            )
+            found.extend(orjson.loads(state) for (state,) in rows)
+        return found
 
     def segments_at(self, conversation_id: UUID, position: int) -> tuple[Segment, ...] | None:
         """The view's segments right after event `position`, from the view history."""

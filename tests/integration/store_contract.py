@@ -7,11 +7,13 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from PIL import Image
 
-from chatledger import CheckpointConfig, CheckpointType, ConversationManager
+from chatledger import CheckpointConfig, CheckpointType, ConversationManager, InvalidInput
+from domain.events import ModelCalled
 
 
 class PenguinClient:
@@ -329,3 +331,79 @@ class StoreContract:
         assert manager.ledger.read.table_dump(tables) == before
         assert manager.list_conversations(search_term="a") == search_before
         assert manager.ledger.verify().ok
+
+    # -- the context window (what the model is sent) ------------------------------------
+    async def test_trims_leave_the_context_but_not_the_history(self, workspace: Path) -> None:
+        client = PenguinClient()
+        manager = self.manager(
+            workspace, system_prompt="Sys", api_client=client, model_config={"context_window": 400}
+        )
+        for index in range(12):
+            await manager.process_message(f"question {index}: " + "word " * 20)
+        sent = client.requests[-1]
+        history = manager.get_history()
+        # The model saw the system prompt first and the newest question last, and less than
+        # everything; the transcript still has every message.
+        assert sent[0] == {"role": "system", "content": "Sys"}
+        assert sent[-1]["content"].startswith("question 11:")
+        assert len(sent) < len(history)
+        assert len([m for m in history if m["role"] == "user"]) == 12
+        usage = manager.get_token_usage()
+        truncations = usage["truncations"]
+        assert truncations["messages_removed"] > 0 and truncations["tokens_freed"] > 0
+        assert truncations["total_truncations"] >= 1
+        assert sum(truncations["by_category"].values()) == truncations["messages_removed"]
+        assert usage["current_total_tokens"] <= usage["max_context_window_tokens"]
+        context = manager.ledger.context_at(manager.get_conversation_id())
+        assert context["sent"][0]["id"] == history[0]["id"]
+        assert context["left_out"] and all(m["reason"] for m in context["left_out"])
+        assert {m["id"] for m in context["left_out"]}.isdisjoint(m["id"] for m in context["sent"])
+
+    async def test_replaying_the_log_reproduces_every_recorded_context(
+        self, workspace: Path
+    ) -> None:
+        manager = self.manager(
+            workspace,
+            system_prompt="Sys",
+            model_config={"context_window": 500},
+            max_messages_per_session=9,
+        )
+        manager.add_context("reference notes " * 10, source="notes.md")
+        for index in range(10):
+            await manager.process_message(f"turn {index} " + "text " * 15)
+            if index == 4:
+                checkpoint = await manager.create_manual_checkpoint()
+        await manager.branch_from_checkpoint(checkpoint)
+        for index in range(3):
+            await manager.process_message(f"branch turn {index} " + "text " * 15)
+        ledger = manager.ledger
+        calls = 0
+        for conversation in manager.list_conversations():
+            cid = UUID(conversation["id"])
+            for event in ledger.store.events.get(cid):
+                if isinstance(event, ModelCalled):
+                    replayed = ledger.context_at(cid, event.originator_version)
+                    assert tuple(m["id"] for m in replayed["sent"]) == event.message_ids
+                    assert replayed["request_hash"] == event.request_hash
+                    assert replayed["tokens"] == event.prompt_tokens
+                    calls += 1
+        assert calls == 13
+
+    async def test_a_message_larger_than_the_window_is_refused_before_anything_is_written(
+        self, workspace: Path
+    ) -> None:
+        client = PenguinClient()
+        manager = self.manager(workspace, api_client=client, model_config={"context_window": 200})
+        await manager.process_message("small")
+        before = manager.get_history()
+        head = manager.ledger.store.conversation(UUID(manager.get_conversation_id())).version
+        with pytest.raises(InvalidInput, match="cannot fit the model's usable window of 170"):
+            await manager.process_message("huge " * 500)
+        assert manager.get_history() == before
+        assert (
+            manager.ledger.store.conversation(
+                UUID(manager.get_conversation_id()), fresh=True
+            ).version
+            == head
+        )
+        assert len(client.requests) == 1

@@ -1,0 +1,221 @@
+"""The model's context for one turn: which of the session's messages are in it, the exact
+request built from them, and a hash of that request.
+
+A SessionContext holds only the current session's in-context messages (trimmed ones leave
+it), so a turn costs O(window), not O(history). It is rebuilt from the log when its
+conversation changed under it (rollback, restore, another writer) and otherwise kept current
+by applying the events each command saves."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from domain import events
+from domain.context_window import ContextItem, ContextPlan, WindowConfig, select_context
+from domain.messages import Category
+from projections.queries import message_row
+
+IMAGE_PLACEHOLDER = "[image omitted to save context: {name}]"
+
+
+def _parts(row: dict[str, Any]) -> list[dict[str, Any]]:
+    content = row["content"]
+    return content if isinstance(content, list) else []
+
+
+def context_item(row: dict[str, Any], order: int) -> ContextItem:
+    parts = _parts(row)
+    images = [part for part in parts if part["type"] == "image"]
+    return ContextItem(
+        message_id=row["id"],
+        category=Category(row["category"]),
+        tokens=row["tokens"],
+        position=order,
+        role=row["role"],
+        tool_call_ids=tuple(p["call_id"] for p in parts if p["type"] == "tool_call"),
+        tool_result_for=next((p["call_id"] for p in parts if p["type"] == "tool_result"), None),
+        image_count=len(images),
+        image_tokens=sum(int(p.get("tokens", 0)) for p in images),
+    )
+
+
+@dataclass
+class SessionContext:
+    conversation_id: UUID
+    version: int
+    session_id: str
+    #: In-context messages of the session, in transcript order, by id.
+    rows: dict[str, dict[str, Any]]
+    #: SYSTEM and CONTEXT messages a new session carries, by id (trimmed or not).
+    pinned: dict[str, dict[str, Any]]
+    #: Message id -> why it was left out, for this session.
+    trimmed: dict[str, str] = field(default_factory=dict)
+    stale: bool = False
+
+    @classmethod
+    def from_log(
+        cls,
+        conversation_id: UUID,
+        version: int,
+        session_id: str,
+        pinned_ids: set[str],
+        transcript: Iterable[dict[str, Any]],
+        trims: Iterable[dict[str, Any]],
+    ) -> SessionContext:
+        trimmed = {
+            message_id: trim["reason"]
+            for trim in trims
+            if trim["session_id"] == session_id
+            for message_id in trim["message_ids"]
+        }
+        rows: dict[str, dict[str, Any]] = {}
+        pinned: dict[str, dict[str, Any]] = {}
+        for row in transcript:
+            if row["id"] in pinned_ids:
+                pinned[row["id"]] = row
+            if (row["session_id"] == session_id or row["id"] in pinned_ids) and (
+                row["id"] not in trimmed
+            ):
+                rows[row["id"]] = row
+        return cls(conversation_id, version, session_id, rows, pinned, trimmed)
+
+    def copy(self) -> SessionContext:
+        return SessionContext(
+            self.conversation_id,
+            self.version,
+            self.session_id,
+            dict(self.rows),
+            dict(self.pinned),
+            dict(self.trimmed),
+            self.stale,
+        )
+
+    def apply(self, event: Any) -> None:
+        """Follows one event of this conversation, just saved or about to be."""
+        self.version = event.originator_version
+        if isinstance(event, events.MessageAppended | events.SessionStarted):
+            document = {**event.document(), "hash": event.hash}
+            row = message_row(
+                event.TOPIC, event.originator_version, str(event.originator_id), document
+            )
+            if isinstance(event, events.SessionStarted):
+                self.session_id = event.session_id
+                self.rows = dict(self.pinned)
+                self.trimmed = {}
+            elif event.pinned:
+                self.pinned[row["id"]] = row
+            self.rows[row["id"]] = row
+        elif isinstance(event, events.ContextTrimmed):
+            for message_id in event.message_ids:
+                self.rows.pop(message_id, None)
+                self.trimmed[message_id] = event.reason
+        elif isinstance(event, events.ViewReplaced | events.ConversationStarted):
+            self.stale = True
+
+    def items(self) -> list[ContextItem]:
+        return [context_item(row, order) for order, row in enumerate(self.rows.values())]
+
+    def plan(self, window: WindowConfig) -> ContextPlan:
+        return select_context(self.items(), window)
+
+
+def _model_content(row: dict[str, Any], replace_images: bool) -> Any:
+    content = row["content"]
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        kind = part["type"]
+        if kind == "text":
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image" and replace_images:
+            name = Path(part["path"]).name
+            parts.append({"type": "text", "text": IMAGE_PLACEHOLDER.format(name=name)})
+        elif kind == "image":
+            parts.append(
+                {
+                    "type": "image",
+                    "sha256": part["sha256"],
+                    "path": part["path"],
+                    "media_type": part["media_type"],
+                }
+            )
+        elif kind == "tool_result":
+            parts.append({"type": "text", "text": part["content"]})
+        elif kind == "tool_call":
+            parts.append(
+                {"type": "text", "text": f"[tool call {part['name']}({part['arguments']})]"}
+            )
+    return parts
+
+
+def _model_message(row: dict[str, Any], replace_images: bool) -> dict[str, Any]:
+    if row["category"] == Category.CONTEXT.value:
+        source = row["metadata"].get("source") or "context"
+        body = _model_content(row, replace_images)
+        text = f"[Context from {source}]\n{body}" if isinstance(body, str) else body
+        return {"role": "system", "content": text}
+    role = row["role"] if row["role"] in ("user", "assistant", "tool") else "system"
+    return {"role": role, "content": _model_content(row, replace_images)}
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What goes to the model. `messages` refer to images by path and sha256; `for_client`
+    inlines them as data URLs, the shape Penguin-style clients take."""
+
+    message_ids: tuple[str, ...]
+    images_replaced: tuple[str, ...]
+    messages: list[dict[str, Any]]
+    tokens: int
+
+    @property
+    def hash(self) -> str:
+        # Images enter the hash by their sha256, not by their bytes or where they lie on disk,
+        # so the same conversation replayed elsewhere hashes the same.
+        hashed = [_without_paths(message) for message in self.messages]
+        return hashlib.sha256(orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def for_client(self) -> list[dict[str, Any]]:
+        return [_inline_images(message) for message in self.messages]
+
+
+def _without_paths(message: dict[str, Any]) -> dict[str, Any]:
+    content = message["content"]
+    if isinstance(content, str):
+        return message
+    return {
+        **message,
+        "content": [{k: v for k, v in part.items() if k != "path"} for part in content],
+    }
+
+
+def _inline_images(message: dict[str, Any]) -> dict[str, Any]:
+    content = message["content"]
+    if isinstance(content, str):
+        return message
+    parts = []
+    for part in content:
+        if part["type"] == "image":
+            data = base64.b64encode(Path(part["path"]).read_bytes()).decode("ascii")
+            url = f"data:{part['media_type']};base64,{data}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            parts.append(part)
+    return {**message, "content": parts}
+
+
+def build_request(context: SessionContext, plan: ContextPlan) -> ModelRequest:
+    replaced = set(plan.images_replaced)
+    messages = [
+        _model_message(context.rows[message_id], message_id in replaced) for message_id in plan.kept
+    ]
+    return ModelRequest(plan.kept, plan.images_replaced, messages, plan.total_tokens)
