@@ -8,13 +8,19 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.tree import Tree
 
 from chatledger.ledger import Ledger
 from chatledger.manager import ConversationManager
 from domain.errors import ChatledgerError
 from infrastructure.sqlite_store import DB_FILE
+
+
+def id_column() -> Column:
+    # Ids are copied into other commands: never wrap or cut them.
+    return Column("id", no_wrap=True, min_width=36)
+
 
 app = typer.Typer(help="chatledger: an append-only, event-sourced conversation ledger.")
 console = Console()
@@ -127,7 +133,7 @@ def _print_tree(ledger: Ledger) -> None:
 
 
 def _print_checkpoints(rows: list[dict[str, object]]) -> None:
-    table = Table("id", "type", "position", "messages", "name", "created")
+    table = Table(id_column(), "type", "position", "messages", "name", "created")
     for row in rows:
         table.add_row(
             str(row["id"]),
@@ -165,7 +171,7 @@ def list_conversations(
     limit: int = 20,
 ) -> None:
     """List conversations, newest first."""
-    table = Table("id", "title", "messages", "tokens", "last active")
+    table = Table(id_column(), "title", "messages", "tokens", "last active")
     for row in _ledger(workspace).list_conversations(limit, 0, search):
         table.add_row(
             row["id"],
@@ -203,6 +209,52 @@ def as_of(conversation: str, position: int, workspace: WorkspaceOption = None) -
     except ChatledgerError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+
+
+@app.command()
+def context(
+    conversation: str,
+    at: Annotated[int | None, typer.Option("--at", help="Event position (default: now).")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """What the model was (or would be) sent at a position, and what was left out and why."""
+    try:
+        manifest = _ledger(workspace).context_at(conversation, at)
+    except ChatledgerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"[bold]context[/] of {manifest['conversation_id']} at position {manifest['position']}: "
+        f"{manifest['tokens']} of {manifest['usable_window']} tokens, "
+        f"request {manifest['request_hash'][:16]}"
+    )
+    table = Table("sent", "position", "role", "category", "tokens", "content / reason")
+    for row in manifest["sent"]:
+        note = " [dim](image replaced)[/]" if row["image_replaced"] else ""
+        table.add_row(
+            "yes",
+            str(row["position"]),
+            row["role"],
+            row["category"],
+            str(row["tokens"]),
+            _preview(row["content"]) + note,
+        )
+    for row in manifest["left_out"]:
+        table.add_row(
+            "[red]no[/]",
+            str(row["position"]),
+            row["role"],
+            row["category"],
+            str(row["tokens"]),
+            f"[red]{row['reason']}[/]: {_preview(row['content'])}",
+        )
+    console.print(table)
+
+
+def _preview(content: object, width: int = 60) -> str:
+    text = content if isinstance(content, str) else str(content)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 @app.command()

@@ -48,7 +48,7 @@ from infrastructure.sqlite_store import (
 )
 from infrastructure.token_counting import DEFAULT_CONTEXT_WINDOW, ModelTokenizer, tokenizer_for
 from infrastructure.verification import VerificationReport, verify
-from projections.queries import CheckpointRow, ReadModel
+from projections.queries import CheckpointRow, ReadModel, message_row
 from projections.runner import ProjectionRunner
 
 T = TypeVar("T")
@@ -196,6 +196,8 @@ class AppendedMessage:
     conversation_id: UUID
     message_id: str
     position: int
+    #: The message as a transcript row (what history() will show for it).
+    row: dict[str, Any]
 
 
 class Ledger:
@@ -359,10 +361,16 @@ class Ledger:
             timestamp=now,
             metadata=metadata,
         )
-        position = conversation.version
+        event = conversation.pending_events[-1]
+        row = message_row(
+            event.TOPIC,  # type: ignore[attr-defined]
+            event.originator_version,
+            str(conversation.id),
+            event.document(),  # type: ignore[attr-defined]
+        )
         if auto_checkpoint_due(self.config, conversation.view.eligible_since_auto_checkpoint):
             self._checkpoint(conversation, CheckpointType.AUTO, None, None, now)
-        return AppendedMessage(conversation.id, message_id, position)
+        return AppendedMessage(conversation.id, message_id, row["position"], row)
 
     def _start_session(self, conversation: Conversation, reason: str, now: datetime) -> None:
         previous = conversation.view.session

@@ -115,18 +115,12 @@ class ConversationManager:
         appended = self.ledger.append_message(
             self.active_id, role, content, category=category, metadata=metadata
         )
-        return self._message(appended.message_id)
+        return Message.from_transcript(appended.row)
 
     def add_context(self, content: str, source: str | None = None) -> Message:
         return self.add_message(
             "system", content, Category.CONTEXT, {"source": source} if source else None
         )
-
-    def _message(self, message_id: str) -> Message:
-        for row in reversed(self.get_history_rows()):
-            if row["id"] == message_id:
-                return Message.from_transcript(row)
-        raise NotFound(f"Message {message_id} is not in the active view.")  # pragma: no cover
 
     def get_history_rows(self) -> list[dict[str, Any]]:
         return self.ledger.history(self.active_id)

@@ -102,7 +102,7 @@ class SessionContext:
         """Follows one event of this conversation, just saved or about to be."""
         self.version = event.originator_version
         if isinstance(event, events.MessageAppended | events.SessionStarted):
-            document = {**event.document(), "hash": event.hash}
+            document = event.document()
             row = message_row(
                 event.TOPIC, event.originator_version, str(event.originator_id), document
             )

@@ -332,3 +332,15 @@ def test_reading_commands_never_create_a_store(tmp_path: Path, command: list[str
     assert result.code == 2
     assert "no chatledger store" in result.text
     assert not missing.exists()
+
+
+def test_context_shows_what_the_model_was_sent(demo: Demo) -> None:
+    result = invoke("context", demo.branch, "--workspace", demo.workspace)
+    assert result.code == 0, result.text
+    assert f"context of {demo.branch} at position" in result.text
+    assert "You are a concise travel assistant." in result.text
+    assert "Let's plan Porto instead." in result.text
+    early = invoke("context", demo.parent, "--at", "3", "--workspace", demo.workspace)
+    assert early.code == 0 and "Lisbon" in early.text and "Sintra" not in early.text
+    bad = invoke("context", demo.parent, "--at", "100000", "--workspace", demo.workspace)
+    assert bad.code == 2 and "Position must be between 1 and" in bad.text

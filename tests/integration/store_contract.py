@@ -81,6 +81,17 @@ class StoreContract:
         assert sent[-1] == {"role": "user", "content": "two"}
         assert [m["content"] for m in sent[1:]] == ["one", "answer 1", "two"]
 
+    async def test_add_message_returns_what_history_shows(self, workspace: Path) -> None:
+        manager = self.manager(workspace)
+        message = manager.add_message("tool", "42 rows", metadata={"tool": "sql"})
+        assert message.to_dict() == manager.get_history()[-1]
+        assert (message.role, message.category, message.metadata) == (
+            "tool",
+            "SYSTEM_OUTPUT",
+            {"tool": "sql"},
+        )
+        assert message.tokens > 0 and message.conversation_id == manager.get_conversation_id()
+
     # -- checkpoints, rollback, branches -------------------------------------------------
     async def test_checkpoint_is_visible_the_moment_the_call_returns(self, workspace: Path) -> None:
         manager = self.manager(workspace)
