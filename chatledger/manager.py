@@ -316,6 +316,7 @@ class ConversationManager:
                 for s in view.sessions
             ],
             "chain_total": view.token_count,
+            "model_calls": self.ledger.read.model_calls(self.active_id),
             "encoding": self.ledger.tokens.encoding_name,
             "tokenizer": self.ledger.tokens.describe(),
         }

@@ -188,6 +188,24 @@ class ReadModel:
         keys = ("session_id", "number", "started_position", "started_at", "previous", "reason")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def model_calls(self, conversation_id: UUID) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT call_id, position, called_at, provider, model, messages, prompt_tokens, "
+            "request_hash FROM model_calls WHERE conversation_id=? ORDER BY position",
+            (conversation_id.hex,),
+        )
+        keys = (
+            "call_id",
+            "position",
+            "called_at",
+            "provider",
+            "model",
+            "messages",
+            "prompt_tokens",
+            "request_hash",
+        )
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
     def branches(self) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT branch_id, parent_id, position, source_id, created_at FROM branches "

@@ -1,5 +1,5 @@
-"""Token usage: tokens and messages per category of each conversation's active view,
-kept current message by message and reset whenever the view is replaced."""
+"""Token usage: tokens per category of each conversation's active view, kept current message
+by message and reset whenever the view is replaced; and the prompt of every model call."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from projections.base import Handler, Projection
 
 class TokenUsage(Projection):
     name = "token_usage"
-    tables = ("token_usage",)
+    tables = ("token_usage", "model_calls")
     ddl = (
         """CREATE TABLE IF NOT EXISTS token_usage (
             conversation_id TEXT NOT NULL,
@@ -21,6 +21,19 @@ class TokenUsage(Projection):
             tokens INTEGER NOT NULL,
             PRIMARY KEY (conversation_id, category)
         ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS model_calls (
+            call_id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            called_at TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            messages INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            request_hash TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS model_calls_by_conversation "
+        "ON model_calls (conversation_id, position)",
     )
 
     def handlers(self) -> dict[type, Handler]:
@@ -30,6 +43,7 @@ class TokenUsage(Projection):
             events.SnapshotRestored: self._reset,
             events.MessageAppended: self._message,
             events.SessionStarted: self._marker,
+            events.ModelCalled: self._called,
         }
 
     def _reset(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
@@ -52,4 +66,21 @@ class TokenUsage(Projection):
             "INSERT INTO token_usage VALUES (?,?,?) ON CONFLICT (conversation_id, category) "
             "DO UPDATE SET tokens = tokens + excluded.tokens",
             (event.originator_id.hex, category.value, tokens),
+        )
+
+    @staticmethod
+    def _called(cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        cursor.execute(
+            "INSERT INTO model_calls VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                event.call_id,
+                event.originator_id.hex,
+                event.originator_version,
+                event.timestamp.isoformat(),
+                event.provider,
+                event.model,
+                len(event.message_ids),
+                event.prompt_tokens,
+                event.request_hash,
+            ),
         )

@@ -365,6 +365,9 @@ class StoreContract:
         assert truncations["total_truncations"] >= 1
         assert sum(truncations["by_category"].values()) == truncations["messages_removed"]
         assert usage["current_total_tokens"] <= usage["max_context_window_tokens"]
+        calls = usage["model_calls"]
+        assert len(calls) == 12 and all(c["prompt_tokens"] <= 340 for c in calls)
+        assert calls[-1]["messages"] == len(sent)
         context = manager.ledger.context_at(manager.get_conversation_id())
         assert context["sent"][0]["id"] == history[0]["id"]
         assert context["left_out"] and all(m["reason"] for m in context["left_out"])
