@@ -23,6 +23,10 @@ Rules (DESIGN §5)
   ``" (tool pair with <id>)"``; its ``category`` is its own.
 * Age is ``(position, message_id)``: positions order the conversation, and the id breaks ties,
   so the plan never depends on the order the items were passed in.
+* Send order: kept SYSTEM messages, then kept CONTEXT messages, then the rest, each group by
+  age. The newest user message is last when it is the newest item; messages after it (say a
+  tool call and its result within the current turn) keep their place after it, as providers
+  need a tool result right after its call.
 
 Nothing-trimmed rule
 --------------------
@@ -36,7 +40,7 @@ Lending
 -------
 Deterministic, on the items' token counts after image replacement (``need``):
 
-1. ``share[c] = floor(usable * fraction[c])``.
+1. ``share[c] = floor(usable * fraction[c])`` (with a 1e-9 tolerance, so 100 * 0.29 is 29).
 2. ``own[c] = min(need[c], share[c])``; the deficit of ``c`` is ``need[c] - own[c]``.
 3. ``pool = max(0, usable - sum(own))``: the part of the usable window that the categories'
    own needs leave free. It is the unused share of the categories that need less, plus any
