@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from chatledger.ledger import Ledger
+from chatledger.ledger import Ledger, content_parts
 from chatledger.message import Message
 from domain.checkpoints import CheckpointConfig, CheckpointType
 from domain.context_window import WindowConfig
@@ -68,6 +68,17 @@ class ConversationManager:
             tokenizer=tokenizer_for(model, provider),
         )
         self.workspace = self.ledger.workspace
+        prompt_tokens = (
+            self.ledger.tokens.count_parts("system", content_parts(system_prompt))
+            if (system_prompt.strip())
+            else 0
+        )
+        if prompt_tokens > self.ledger.window.usable:
+            self.ledger.close()
+            raise InvalidInput(
+                f"The system prompt needs {prompt_tokens} tokens but the usable window holds "
+                f"{self.ledger.window.usable}: the window cannot hold the SYSTEM messages."
+            )
         self.model_config = model_config
         self.api_client = api_client if api_client is not None else OfflineModel()
         self.system_prompt = system_prompt

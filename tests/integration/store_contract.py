@@ -421,3 +421,39 @@ class StoreContract:
             == head
         )
         assert len(client.requests) == 1
+
+    async def test_older_images_beyond_the_limit_become_placeholders(
+        self, workspace: Path, tmp_path: Path
+    ) -> None:
+        client = PenguinClient()
+        manager = self.manager(workspace, api_client=client, model_config={"model": "gpt-4o"})
+        for index in range(7):
+            image = tmp_path / f"shot{index}.png"
+            Image.new("RGB", (64 + index, 64), "blue").save(image)
+            await manager.process_message(f"look at {index}", image_path=str(image))
+        sent = client.requests[-1]
+        users = [m for m in sent if m["role"] == "user"]
+        inlined = [p for m in users for p in m["content"] if p.get("type") == "image_url"]
+        placeholders = [
+            p["text"] for m in users for p in m["content"] if "image omitted" in p.get("text", "")
+        ]
+        assert len(inlined) == 5
+        assert placeholders == [
+            "[image omitted to save context: shot0.png]",
+            "[image omitted to save context: shot1.png]",
+        ]
+        # The transcript keeps every image; the image's tokens follow OpenAI's tile formula.
+        images = [
+            p
+            for m in manager.get_history()
+            if isinstance(m["content"], list)
+            for p in m["content"]
+            if p["type"] == "image"
+        ]
+        assert len(images) == 7 and images[0]["tokens"] == 255 and images[0]["width"] == 64
+
+    def test_a_window_too_small_for_the_system_prompt_is_refused(self, workspace: Path) -> None:
+        with pytest.raises(InvalidInput, match="SYSTEM"):
+            self.manager(
+                workspace, system_prompt="rules " * 200, model_config={"context_window": 100}
+            )
