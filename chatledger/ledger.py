@@ -18,6 +18,7 @@ from eventsourcing.persistence import RecordConflictError
 from pydantic import TypeAdapter, ValidationError
 
 from chatledger.model_context import ModelRequest, SessionContext, build_request
+from chatledger.providers import ModelReply
 from domain.checkpoints import CheckpointConfig, CheckpointType, auto_checkpoint_due
 from domain.context_window import Trim, WindowConfig
 from domain.conversation import Conversation
@@ -26,6 +27,7 @@ from domain.errors import (
     ConcurrencyConflict,
     ConversationNotFound,
     InvalidInput,
+    NotFound,
     SnapshotNotFound,
 )
 from domain.events import ForkPoint
@@ -36,6 +38,7 @@ from domain.messages import (
     ContentPart,
     Role,
     TextPart,
+    ToolCallPart,
 )
 from domain.retention import CheckpointRecord, checkpoints_to_prune
 from domain.view import ViewState
@@ -185,10 +188,14 @@ def _by_category(trims: Sequence[Trim]) -> dict[Category, list[Trim]]:
 
 @dataclass(frozen=True)
 class PreparedTurn:
+    """A turn ready for its model call, or, when its idempotency key was already answered,
+    the recorded answer (then nothing was written and no call is to be made)."""
+
     conversation_id: UUID
-    message_id: str
+    message_id: str | None
     call_id: str
-    request: ModelRequest
+    request: ModelRequest | None
+    recorded_answer: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -603,12 +610,17 @@ class Ledger:
         provider: str = "offline",
         model: str = "offline",
         parameters: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> PreparedTurn:
         """The user's side of a turn, decided and written in one transaction (all or
         nothing): context files, the user message (in a new session when the current one is
         full), the trims that make the context fit, and the record of the model call about to
         be made (what is sent, and the request's hash)."""
         cid = parse_conversation_id(conversation_id)
+        if idempotency_key is not None:
+            answered = self.read.answered_call(cid, _label(idempotency_key, "A key") or "")
+            if answered is not None:
+                return PreparedTurn(cid, None, answered[0], None, self._row(cid, answered[1]))
         parts = content_parts(content) + tuple(
             self.tokens.price_image(read_image(path)) for path in image_paths
         )
@@ -659,6 +671,7 @@ class Ledger:
                 request_hash=request.hash,
                 prompt_tokens=request.tokens,
                 timestamp=now,
+                idempotency_key=idempotency_key,
             )
             return PreparedTurn(cid, appended.message_id, call_id, request)
 
@@ -733,8 +746,56 @@ class Ledger:
             raise InvalidInput("A title must be a string.")
         self._run(lambda batch: batch.get(cid).retitle(title, self.clock()))
 
+    def record_reply(
+        self,
+        conversation_id: UUID,
+        call_id: str,
+        reply: ModelReply,
+        *,
+        latency_ms: float,
+        attempts: int = 1,
+    ) -> AppendedMessage | None:
+        """The answer to a recorded call: the assistant message (its text and tool calls,
+        once, whole) and the response's record, in one transaction."""
+        parts: tuple[ContentPart, ...] = tuple(
+            ToolCallPart(call_id=c.call_id, name=c.name, arguments=c.arguments)
+            for c in reply.tool_calls
+        )
+        if reply.text.strip():
+            parts = (TextPart(text=reply.text), *parts)
+        if parts:
+            _check_json([part.model_dump() for part in parts], "The model's answer")
+
+        def decide(batch: _Batch) -> AppendedMessage | None:
+            conversation = batch.get(conversation_id)
+            appended = (
+                self._append(conversation, Role.ASSISTANT, parts, None, {"call_id": call_id})
+                if parts
+                else None
+            )
+            conversation.record_model_response(
+                call_id=call_id,
+                message_id=appended.message_id if appended else None,
+                stop_reason=reply.stop_reason,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+                latency_ms=latency_ms,
+                attempts=attempts,
+                timestamp=self.clock(),
+            )
+            return appended
+
+        return self._run(decide)
+
     def record_model_failure(
-        self, conversation_id: UUID, error: BaseException, partial_text: str = ""
+        self,
+        conversation_id: UUID,
+        error: BaseException,
+        partial_text: str = "",
+        *,
+        call_id: str | None = None,
+        kind: str = "error",
+        attempts: int = 1,
     ) -> str:
         """Records the failure and takes an emergency checkpoint (if checkpoints are on)."""
 
@@ -745,6 +806,9 @@ class Ledger:
                 error_type=type(error).__name__,
                 message=str(error),
                 partial_text=partial_text,
+                call_id=call_id,
+                kind=kind,
+                attempts=attempts,
                 timestamp=now,
             )
             if not self.config.enabled:
@@ -754,6 +818,12 @@ class Ledger:
             )
 
         return self._run(decide)
+
+    def _row(self, conversation_id: UUID, message_id: str) -> dict[str, Any]:
+        for row in reversed(self.history(conversation_id)):
+            if row["id"] == message_id:
+                return row
+        raise NotFound(f"Message {message_id} is not in conversation {conversation_id}.")
 
     # -- reads ---------------------------------------------------------------------------
     def conversation(self, conversation_id: str | UUID) -> Conversation:

@@ -8,32 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from chatledger.ledger import Ledger, content_parts
+from chatledger.ledger import Ledger, PreparedTurn, content_parts
 from chatledger.message import Message
+from chatledger.provider_selection import config_value, select_provider
+from chatledger.providers import ChunkCallback, ModelReply, Provider, ProviderError
 from domain.checkpoints import CheckpointConfig, CheckpointType
 from domain.context_window import WindowConfig
 from domain.errors import FileInputError, InvalidInput, NotFound
 from domain.messages import Category
 from infrastructure.files import list_context_files
-from infrastructure.offline_model import OfflineModel
 from infrastructure.token_counting import context_window_for, tokenizer_for
 
+#: Longest wait between two attempts of a model call, whatever the server asks.
+MAX_RETRY_WAIT = 30.0
 
-def _config_value(model_config: Any, *names: str) -> Any:
-    for name in names:
-        value = (
-            model_config.get(name)
-            if isinstance(model_config, dict)
-            else getattr(model_config, name, None)
-        )
-        if value is not None:
-            return value
-    return None
+
+async def _single_chunk(text: str) -> AsyncGenerator[str, None]:
+    yield text
 
 
 class ConversationManager:
@@ -52,9 +49,9 @@ class ConversationManager:
             raise InvalidInput("system_prompt must be a string.")
         workspace = Path(workspace_path) if workspace_path else Path.cwd() / ".chatledger"
         self.checkpoint_config = checkpoint_config or CheckpointConfig()
-        model = _config_value(model_config, "model")
-        provider = _config_value(model_config, "provider")
-        window = _config_value(
+        model = config_value(model_config, "model")
+        provider = config_value(model_config, "provider")
+        window = config_value(
             model_config, "context_window", "max_context_window_tokens", "max_history_tokens"
         )
         self.ledger = Ledger(
@@ -80,7 +77,11 @@ class ConversationManager:
                 f"{self.ledger.window.usable}: the window cannot hold the SYSTEM messages."
             )
         self.model_config = model_config
-        self.api_client = api_client if api_client is not None else OfflineModel()
+        self.api_client = api_client
+        self.provider: Provider = select_provider(model_config, api_client)
+        #: Attempts per model call, and the first backoff in seconds (doubling).
+        self.max_attempts = int(config_value(model_config, "max_attempts") or 3)
+        self.retry_backoff = float(config_value(model_config, "retry_backoff") or 0.5)
         self.system_prompt = system_prompt
         # Every event is durable when its call returns; kept for Penguin compatibility.
         self.auto_save_interval = auto_save_interval
@@ -158,7 +159,13 @@ class ConversationManager:
         streaming: bool = False,
         stream_callback: Callable[[str], Any] | None = None,
         context_files: list[str | Path] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> str | AsyncGenerator[str, None]:
+        """One turn. Bad input raises a typed error before anything is written; a failing
+        model call does not raise: it returns "Error processing message: ...", keeps the user
+        message, records the failure and takes an emergency checkpoint. A turn repeated with
+        an `idempotency_key` already answered returns the recorded answer without a call."""
         if conversation_id is not None:
             self._active = self.ledger.conversation(conversation_id).id
         images = [image_path] if isinstance(image_path, str | Path) else list(image_path or [])
@@ -167,70 +174,127 @@ class ConversationManager:
             message,
             image_paths=images,
             context_files=context_files or (),
-            provider=getattr(self.api_client, "name", type(self.api_client).__name__),
-            model=str(_config_value(self.model_config, "model") or "unknown"),
-            parameters={"max_tokens": self._max_tokens()} if self._max_tokens() else {},
+            provider=self.provider.name,
+            model=self.provider.model,
+            parameters=self._parameters(),
+            idempotency_key=idempotency_key,
         )
-        request = turn.request.for_client()
+        if turn.recorded_answer is not None:
+            return self._replayed(turn.recorded_answer, streaming, stream_callback)
         if streaming and stream_callback is None:
-            return self._stream_turn(request)
+            return self._stream_turn(turn)
         try:
-            if streaming:
-                text = await self._call_streaming(request, stream_callback)
-            else:
-                text = await self.api_client.get_response(request, max_tokens=self._max_tokens())
+            reply, attempts, latency = await self._call(
+                turn, stream_callback if streaming else None
+            )
         except Exception as error:
-            return self._failed(error)
-        self._record_answer(text)
-        return text
+            return self._failed(turn, error)
+        self.ledger.record_reply(
+            turn.conversation_id, turn.call_id, reply, latency_ms=latency, attempts=attempts
+        )
+        return reply.text
 
-    def _max_tokens(self) -> int | None:
-        return _config_value(self.model_config, "max_tokens", "max_output_tokens")
+    def _parameters(self) -> dict[str, Any]:
+        parameters = {
+            "max_tokens": config_value(self.model_config, "max_tokens", "max_output_tokens"),
+            "temperature": config_value(self.model_config, "temperature"),
+        }
+        return {key: value for key, value in parameters.items() if value is not None}
 
-    async def _call_streaming(
-        self, request: list[dict[str, Any]], callback: Callable[[str], Any] | None
-    ) -> str:
-        pending: list[Any] = []
+    async def _call(
+        self, turn: PreparedTurn, on_chunk: ChunkCallback | None
+    ) -> tuple[ModelReply, int, float]:
+        """The provider call, retried with backoff while retrying is right: a retryable
+        error (timeout, 429, 5xx) before any chunk reached the caller."""
+        assert turn.request is not None
+        parameters = self._parameters()
+        delivered: list[str] = []
+
+        async def relay(chunk: str) -> None:
+            delivered.append(chunk)
+            if on_chunk is not None:
+                result = on_chunk(chunk)
+                if inspect.isawaitable(result):
+                    await result
+
+        for attempt in range(1, self.max_attempts + 1):
+            started = time.perf_counter()
+            try:
+                reply = await self.provider.complete(
+                    turn.request.messages,
+                    max_tokens=parameters.get("max_tokens"),
+                    temperature=parameters.get("temperature"),
+                    on_chunk=relay if on_chunk is not None else None,
+                )
+            except ProviderError as error:
+                error.attempts = attempt  # type: ignore[attr-defined]
+                if not error.retryable or delivered or attempt == self.max_attempts:
+                    raise
+                backoff = self.retry_backoff * 2 ** (attempt - 1)
+                await asyncio.sleep(min(error.retry_after or backoff, MAX_RETRY_WAIT))
+                continue
+            return reply, attempt, (time.perf_counter() - started) * 1000
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _stream_turn(self, turn: PreparedTurn) -> AsyncGenerator[str, None]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        received: list[str] = []
 
         def relay(chunk: str) -> None:
-            if callback is not None:
-                result = callback(chunk)
-                if inspect.isawaitable(result):
-                    pending.append(asyncio.ensure_future(result))
+            received.append(chunk)
+            queue.put_nowait(chunk)
 
-        try:
-            text = await self.api_client.get_response(
-                request, max_tokens=self._max_tokens(), stream=True, stream_callback=relay
-            )
-        except TypeError:
-            # A client that cannot stream: fall back to one plain call, delivered as one chunk.
-            text = await self.api_client.get_response(request, max_tokens=self._max_tokens())
-            relay(text)
-        for task in pending:
-            await task
-        return text or ""
-
-    async def _stream_turn(self, request: list[dict[str, Any]]) -> AsyncGenerator[str, None]:
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        call = asyncio.ensure_future(self._call_streaming(request, queue.put_nowait))
+        call = asyncio.ensure_future(self._call(turn, relay))
         call.add_done_callback(lambda _: queue.put_nowait(None))
-        while (chunk := await queue.get()) is not None:
-            yield chunk
+        finished = False
         try:
-            text = call.result()
+            while (chunk := await queue.get()) is not None:
+                yield chunk
+            finished = True
+        finally:
+            if not finished:
+                # The consumer stopped iterating: the call is cancelled, and that is recorded.
+                call.cancel()
+                self.ledger.record_model_failure(
+                    turn.conversation_id,
+                    asyncio.CancelledError("the stream's consumer stopped reading"),
+                    "".join(received),
+                    call_id=turn.call_id,
+                    kind="cancelled",
+                )
+        try:
+            reply, attempts, latency = call.result()
         except Exception as error:
-            yield self._failed(error)
+            yield self._failed(turn, error)
             return
-        self._record_answer(text)
+        self.ledger.record_reply(
+            turn.conversation_id, turn.call_id, reply, latency_ms=latency, attempts=attempts
+        )
 
-    def _record_answer(self, text: str) -> None:
-        # An empty answer is not an error, and there is nothing to record.
-        if text and text.strip():
-            self.ledger.append_message(self.active_id, "assistant", text)
-
-    def _failed(self, error: Exception) -> str:
-        self.ledger.record_model_failure(self.active_id, error)
+    def _failed(self, turn: PreparedTurn, error: Exception) -> str:
+        self.ledger.record_model_failure(
+            turn.conversation_id,
+            error,
+            getattr(error, "partial_text", ""),
+            call_id=turn.call_id,
+            kind=getattr(error, "kind", "error"),
+            attempts=getattr(error, "attempts", 1),
+        )
         return f"Error processing message: {error}"
+
+    def _replayed(
+        self, answer: dict[str, Any], streaming: bool, callback: Callable[[str], Any] | None
+    ) -> str | AsyncGenerator[str, None]:
+        text = (
+            answer["content"]
+            if isinstance(answer["content"], str)
+            else "".join(part.get("text", "") for part in answer["content"])
+        )
+        if streaming and callback is None:
+            return _single_chunk(text)
+        if streaming and callback is not None:
+            callback(text)
+        return text
 
     # -- checkpoints, branches, snapshots --------------------------------------------------
     async def create_manual_checkpoint(

@@ -184,8 +184,10 @@ class ModelRequest:
         hashed = [_without_paths(message) for message in self.messages]
         return hashlib.sha256(orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
-    def for_client(self) -> list[dict[str, Any]]:
-        return [_inline_images(message) for message in self.messages]
+
+def inline_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The request as Penguin-style clients take it: images inlined as data URLs."""
+    return [_inline_images(message) for message in messages]
 
 
 def _without_paths(message: dict[str, Any]) -> dict[str, Any]:

@@ -284,9 +284,11 @@ class Conversation(BaseAggregate[UUID]):
         request_hash: str,
         prompt_tokens: int,
         timestamp: datetime,
+        idempotency_key: str | None = None,
     ) -> None:
         self.trigger_event(
             events.ModelCalled,
+            idempotency_key=idempotency_key,
             call_id=call_id,
             provider=provider,
             model=model,
@@ -299,13 +301,48 @@ class Conversation(BaseAggregate[UUID]):
         )
 
     def record_model_failure(
-        self, *, error_type: str, message: str, partial_text: str, timestamp: datetime
+        self,
+        *,
+        error_type: str,
+        message: str,
+        partial_text: str,
+        timestamp: datetime,
+        call_id: str | None = None,
+        kind: str = "error",
+        attempts: int = 1,
     ) -> None:
         self.trigger_event(
             events.ModelCallFailed,
             error_type=error_type,
             message=message,
             partial_text=partial_text,
+            call_id=call_id,
+            kind=kind,
+            attempts=attempts,
+            timestamp=timestamp,
+        )
+
+    def record_model_response(
+        self,
+        *,
+        call_id: str,
+        message_id: str | None,
+        stop_reason: str | None,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        latency_ms: float,
+        attempts: int,
+        timestamp: datetime,
+    ) -> None:
+        self.trigger_event(
+            events.ModelResponded,
+            call_id=call_id,
+            message_id=message_id,
+            stop_reason=stop_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=latency_ms,
+            attempts=attempts,
             timestamp=timestamp,
         )
 

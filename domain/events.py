@@ -232,11 +232,32 @@ class ConversationTitled(ConversationEvent):
 
 
 class ModelCallFailed(ConversationEvent):
+    """A model call that finally failed (after any retries), or was cancelled by its consumer.
+    `partial_text` is what a stream delivered before it stopped."""
+
     TOPIC = "chatledger:ModelCallFailed"
 
     error_type: str
     message: str
     partial_text: str = ""
+    call_id: str | None = None
+    kind: str = "error"
+    attempts: int = 1
+
+
+class ModelResponded(ConversationEvent):
+    """The answer to a recorded call: the assistant message it became (its text and tool
+    calls live there, once), and what the provider reported about it."""
+
+    TOPIC = "chatledger:ModelResponded"
+
+    call_id: str
+    message_id: str | None = None
+    stop_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float
+    attempts: int = 1
 
 
 class ContextTrimmed(ConversationEvent):
@@ -272,6 +293,9 @@ class ModelCalled(ConversationEvent):
     images_replaced: tuple[str, ...] = ()
     request_hash: str
     prompt_tokens: int
+    #: Names one logical call across retries of the whole turn: a call already answered
+    #: under this key is not made (or billed) again.
+    idempotency_key: str | None = None
 
 
 #: Events that put a message into the transcript.

@@ -4,8 +4,10 @@ no network (demos, tests). Same input, same answer, on every machine."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from chatledger.providers import ChunkCallback, ModelReply
 
 _OPENERS = (
     "Noted.",
@@ -33,26 +35,24 @@ class OfflineModel:
             f"({len(words)} words; turn {sum(m.get('role') == 'user' for m in messages)})."
         )
 
-    async def get_response(
+    model = "offline"
+
+    async def complete(
         self,
         messages: list[dict[str, Any]],
+        *,
         max_tokens: int | None = None,
-        stream: bool | None = None,
-        stream_callback: Any = None,
-    ) -> str:
+        temperature: float | None = None,
+        on_chunk: ChunkCallback | None = None,
+    ) -> ModelReply:
         text = self.answer(messages)
-        if stream and stream_callback is not None:
-            async for chunk in self.stream(text):
-                result = stream_callback(chunk)
-                if hasattr(result, "__await__"):
+        if on_chunk is not None:
+            words = text.split(" ")
+            for index, word in enumerate(words):
+                result = on_chunk(word if index == len(words) - 1 else word + " ")
+                if result is not None:
                     await result
-        return text
-
-    @staticmethod
-    async def stream(text: str) -> AsyncIterator[str]:
-        words = text.split(" ")
-        for index, word in enumerate(words):
-            yield word if index == len(words) - 1 else word + " "
+        return ModelReply(text, stop_reason="stop")
 
 
 def _plain_text(content: Any) -> str:

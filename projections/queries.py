@@ -191,7 +191,8 @@ class ReadModel:
     def model_calls(self, conversation_id: UUID) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT call_id, position, called_at, provider, model, messages, prompt_tokens, "
-            "request_hash FROM model_calls WHERE conversation_id=? ORDER BY position",
+            "request_hash, status, reply_message_id, reported_prompt_tokens, completion_tokens, "
+            "latency_ms, attempts FROM model_calls WHERE conversation_id=? ORDER BY position",
             (conversation_id.hex,),
         )
         keys = (
@@ -203,8 +204,23 @@ class ReadModel:
             "messages",
             "prompt_tokens",
             "request_hash",
+            "status",
+            "reply_message_id",
+            "reported_prompt_tokens",
+            "completion_tokens",
+            "latency_ms",
+            "attempts",
         )
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def answered_call(self, conversation_id: UUID, idempotency_key: str) -> tuple[str, str] | None:
+        """(call id, reply message id) of a call made under this key and answered."""
+        row = self.db.execute(
+            "SELECT call_id, reply_message_id FROM model_calls WHERE conversation_id=? "
+            "AND idempotency_key=? AND status='responded' AND reply_message_id IS NOT NULL",
+            (conversation_id.hex, idempotency_key),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def branches(self) -> list[dict[str, Any]]:
         rows = self.db.execute(

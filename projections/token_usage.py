@@ -30,8 +30,17 @@ class TokenUsage(Projection):
             model TEXT NOT NULL,
             messages INTEGER NOT NULL,
             prompt_tokens INTEGER NOT NULL,
-            request_hash TEXT NOT NULL
+            request_hash TEXT NOT NULL,
+            idempotency_key TEXT,
+            status TEXT NOT NULL,
+            reply_message_id TEXT,
+            reported_prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms REAL,
+            attempts INTEGER
         )""",
+        "CREATE INDEX IF NOT EXISTS model_calls_by_key "
+        "ON model_calls (conversation_id, idempotency_key)",
         "CREATE INDEX IF NOT EXISTS model_calls_by_conversation "
         "ON model_calls (conversation_id, position)",
     )
@@ -44,6 +53,8 @@ class TokenUsage(Projection):
             events.MessageAppended: self._message,
             events.SessionStarted: self._marker,
             events.ModelCalled: self._called,
+            events.ModelResponded: self._responded,
+            events.ModelCallFailed: self._failed,
         }
 
     def _reset(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
@@ -71,7 +82,7 @@ class TokenUsage(Projection):
     @staticmethod
     def _called(cursor: sqlite3.Cursor, event: Any, _: int) -> None:
         cursor.execute(
-            "INSERT INTO model_calls VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO model_calls VALUES (?,?,?,?,?,?,?,?,?,?,'called',NULL,NULL,NULL,NULL,NULL)",
             (
                 event.call_id,
                 event.originator_id.hex,
@@ -82,5 +93,34 @@ class TokenUsage(Projection):
                 len(event.message_ids),
                 event.prompt_tokens,
                 event.request_hash,
+                event.idempotency_key,
             ),
         )
+
+    @staticmethod
+    def _responded(cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        cursor.execute(
+            "UPDATE model_calls SET status='responded', reply_message_id=?, "
+            "reported_prompt_tokens=?, completion_tokens=?, latency_ms=?, attempts=? "
+            "WHERE call_id=?",
+            (
+                event.message_id,
+                event.prompt_tokens,
+                event.completion_tokens,
+                event.latency_ms,
+                event.attempts,
+                event.call_id,
+            ),
+        )
+
+    @staticmethod
+    def _failed(cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+        if event.call_id is not None:
+            cursor.execute(
+                "UPDATE model_calls SET status=?, attempts=? WHERE call_id=?",
+                (
+                    "cancelled" if event.kind == "cancelled" else "failed",
+                    event.attempts,
+                    event.call_id,
+                ),
+            )
