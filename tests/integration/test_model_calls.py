@@ -1,0 +1,157 @@
+"""Every model call on record: retries, failures, partial streams, cancellation, idempotency.
+
+The providers here are scripted stand-ins for the network (the real SDK providers are tested
+against loopback servers in test_openai_provider.py and test_anthropic_provider.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from chatledger import ConversationManager
+from chatledger.providers import ChunkCallback, ModelReply, ProviderError
+from domain import events
+
+
+class ScriptedProvider:
+    """Fails as scripted, then answers, streaming word by word."""
+
+    name = "scripted"
+    model = "scripted-1"
+
+    def __init__(
+        self, failures: list[ProviderError] | None = None, text: str = "the answer"
+    ) -> None:
+        self.failures = list(failures or [])
+        self.text = text
+        self.calls = 0
+
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        on_chunk: ChunkCallback | None = None,
+    ) -> ModelReply:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        if on_chunk is not None:
+            for word in self.text.split(" "):
+                result = on_chunk(word + " ")
+                if result is not None:
+                    await result
+        return ModelReply(self.text, stop_reason="stop", prompt_tokens=11, completion_tokens=3)
+
+
+def events_of(manager: ConversationManager, kind: type) -> list[Any]:
+    cid = UUID(manager.get_conversation_id())
+    return [e for e in manager.ledger.store.events.get(cid) if isinstance(e, kind)]
+
+
+def manager_with(workspace: Path, provider: Any) -> ConversationManager:
+    return ConversationManager(
+        workspace_path=workspace, api_client=provider, model_config={"retry_backoff": 0.001}
+    )
+
+
+def rate_limited() -> ProviderError:
+    return ProviderError("429 slow down", kind="rate_limit", retryable=True, retry_after=0.001)
+
+
+async def test_retryable_errors_are_retried_and_recorded_once(tmp_path: Path) -> None:
+    provider = ScriptedProvider([rate_limited(), rate_limited()])
+    manager = manager_with(tmp_path, provider)
+    assert await manager.process_message("hi") == "the answer"
+    assert provider.calls == 3
+    (called,) = events_of(manager, events.ModelCalled)
+    (responded,) = events_of(manager, events.ModelResponded)
+    assert responded.call_id == called.call_id and responded.attempts == 3
+    assert (responded.prompt_tokens, responded.completion_tokens) == (11, 3)
+    (row,) = manager.get_token_usage()["model_calls"]
+    assert (row["status"], row["completion_tokens"], row["attempts"]) == ("responded", 3, 3)
+    assert [m["content"] for m in manager.get_history()] == ["hi", "the answer"]
+
+
+async def test_a_bad_request_is_not_retried_and_ends_in_an_emergency_checkpoint(
+    tmp_path: Path,
+) -> None:
+    bad = ProviderError("400 invalid model", kind="bad_request", retryable=False, status=400)
+    provider = ScriptedProvider([bad])
+    manager = manager_with(tmp_path, provider)
+    answer = await manager.process_message("hi")
+    assert answer == "Error processing message: 400 invalid model"
+    assert provider.calls == 1
+    (failed,) = events_of(manager, events.ModelCallFailed)
+    assert (failed.kind, failed.attempts, failed.error_type) == ("bad_request", 1, "ProviderError")
+    assert manager.list_checkpoints(checkpoint_type="emergency")
+    assert [m["content"] for m in manager.get_history()] == ["hi"]
+
+
+async def test_retries_give_up_after_max_attempts(tmp_path: Path) -> None:
+    provider = ScriptedProvider([rate_limited() for _ in range(5)])
+    manager = manager_with(tmp_path, provider)
+    assert (await manager.process_message("hi")).startswith("Error processing message: 429")
+    assert provider.calls == 3
+    (failed,) = events_of(manager, events.ModelCallFailed)
+    assert failed.attempts == 3
+
+
+async def test_a_stream_cut_half_way_records_the_partial_text(tmp_path: Path) -> None:
+    class CutProvider(ScriptedProvider):
+        async def complete(self, messages: Any, **kwargs: Any) -> ModelReply:
+            on_chunk = kwargs["on_chunk"]
+            await on_chunk("half ")
+            raise ProviderError(
+                "stream cut", kind="stream_interrupted", retryable=True, partial_text="half "
+            )
+
+    provider = CutProvider()
+    manager = manager_with(tmp_path, provider)
+    chunks: list[str] = []
+    answer = await manager.process_message("go", streaming=True, stream_callback=chunks.append)
+    assert chunks == ["half "] and answer.startswith("Error processing message")
+    (failed,) = events_of(manager, events.ModelCallFailed)
+    assert failed.partial_text == "half " and failed.kind == "stream_interrupted"
+    # Chunks already reached the caller: a retry would repeat them, so there is none.
+    assert not events_of(manager, events.ModelResponded)
+
+
+async def test_a_consumer_that_stops_reading_is_recorded_as_cancelled(tmp_path: Path) -> None:
+    manager = manager_with(tmp_path, ScriptedProvider(text="one two three four five"))
+    stream = await manager.process_message("go", streaming=True)
+    assert not isinstance(stream, str)
+    first = await stream.__anext__()
+    await stream.aclose()
+    assert first == "one "
+    (failed,) = events_of(manager, events.ModelCallFailed)
+    assert failed.kind == "cancelled" and failed.partial_text.startswith("one ")
+    assert [m["role"] for m in manager.get_history()] == ["user"]
+    (row,) = manager.get_token_usage()["model_calls"]
+    assert row["status"] == "cancelled"
+
+
+async def test_a_turn_repeated_with_its_idempotency_key_is_not_called_twice(
+    tmp_path: Path,
+) -> None:
+    provider = ScriptedProvider()
+    manager = manager_with(tmp_path, provider)
+    first = await manager.process_message("hi", idempotency_key="turn-1")
+    again = await manager.process_message("hi", idempotency_key="turn-1")
+    assert first == again == "the answer"
+    assert provider.calls == 1
+    assert len(events_of(manager, events.ModelCalled)) == 1
+    assert [m["content"] for m in manager.get_history()] == ["hi", "the answer"]
+    await manager.process_message("hi", idempotency_key="turn-2")
+    assert provider.calls == 2
+
+
+def test_an_api_client_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    from chatledger import InvalidInput
+
+    with pytest.raises(InvalidInput, match="get_response"):
+        ConversationManager(workspace_path=tmp_path, api_client=object())
