@@ -382,8 +382,9 @@ class Ledger:
     def _start_session(self, conversation: Conversation, reason: str, now: datetime) -> None:
         previous = conversation.view.session
         marker = (
-            f"[Session {previous.number + 1} continues conversation {conversation.id} "
-            f"after session {previous.number} ({previous.message_count} messages).]"
+            # No ids in the text: a replay elsewhere must send the very same request.
+            f"[Session {previous.number + 1} continues this conversation after session "
+            f"{previous.number} ({previous.message_count} messages).]"
         )
         conversation.start_session(
             session_id=new_id("sess"),
@@ -665,7 +666,7 @@ class Ledger:
                 call_id=call_id,
                 provider=provider,
                 model=model,
-                parameters=parameters or {},
+                parameters={**self._window_parameters(), **(parameters or {})},
                 message_ids=request.message_ids,
                 images_replaced=request.images_replaced,
                 request_hash=request.hash,
@@ -676,6 +677,15 @@ class Ledger:
             return PreparedTurn(cid, appended.message_id, call_id, request)
 
         return self._run(decide)
+
+    def _window_parameters(self) -> dict[str, Any]:
+        """What shaped the context, recorded with each call so a replay can shape it alike."""
+        return {
+            "context_window": self.window.context_window,
+            "max_images": self.window.max_images,
+            "max_messages_per_session": self.max_messages_per_session,
+            "tokenizer": self.tokens.describe(),
+        }
 
     @staticmethod
     def _untrimmable_tokens(context: SessionContext, user_tokens: int) -> int:

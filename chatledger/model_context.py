@@ -179,10 +179,14 @@ class ModelRequest:
 
     @property
     def hash(self) -> str:
-        # Images enter the hash by their sha256, not by their bytes or where they lie on disk,
-        # so the same conversation replayed elsewhere hashes the same.
-        hashed = [_without_paths(message) for message in self.messages]
-        return hashlib.sha256(orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return request_hash(self.messages)
+
+
+def request_hash(messages: list[dict[str, Any]]) -> str:
+    """sha256 of a request. Images enter it by their sha256, not by their bytes or where they
+    lie on disk, so the same conversation replayed elsewhere hashes the same."""
+    hashed = [_without_paths(message) for message in messages]
+    return hashlib.sha256(orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def inline_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

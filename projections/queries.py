@@ -7,7 +7,7 @@ truth, and that path is as fast as a raw SELECT + JSON decode."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -116,14 +116,22 @@ class ReadModel:
 
     def trims(self, segments: Iterable[Segment]) -> list[dict[str, Any]]:
         """The trim decisions recorded in these segments, oldest first."""
-        found: list[dict[str, Any]] = []
+        return [doc for _, _, doc in self.documents(segments, (ContextTrimmed.TOPIC,))]
+
+    def documents(
+        self, segments: Iterable[Segment], topics: Sequence[str]
+    ) -> list[tuple[str, int, dict[str, Any]]]:
+        """(topic, position, JSON document) of these segments' events of these topics."""
+        placeholders = ",".join("?" * len(topics))
+        found: list[tuple[str, int, dict[str, Any]]] = []
         for segment in segments:
             rows = self.db.execute(
-                "SELECT state FROM stored_events WHERE originator_id=? "
-                "AND originator_version BETWEEN ? AND ? AND topic=? ORDER BY originator_version",
-                (segment.conversation_id.hex, segment.first, segment.last, ContextTrimmed.TOPIC),
+                "SELECT topic, originator_version, state FROM stored_events WHERE originator_id=? "
+                f"AND originator_version BETWEEN ? AND ? AND topic IN ({placeholders}) "
+                "ORDER BY originator_version",
+                (segment.conversation_id.hex, segment.first, segment.last, *topics),
             )
-            found.extend(orjson.loads(state) for (state,) in rows)
+            found.extend((topic, pos, orjson.loads(state)) for topic, pos, state in rows)
         return found
 
     def segments_at(self, conversation_id: UUID, position: int) -> tuple[Segment, ...] | None:

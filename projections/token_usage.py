@@ -82,7 +82,8 @@ class TokenUsage(Projection):
     @staticmethod
     def _called(cursor: sqlite3.Cursor, event: Any, _: int) -> None:
         cursor.execute(
-            "INSERT INTO model_calls VALUES (?,?,?,?,?,?,?,?,?,?,'called',NULL,NULL,NULL,NULL,NULL)",
+            "INSERT INTO model_calls VALUES "
+            "(?,?,?,?,?,?,?,?,?,?,'called',NULL,NULL,NULL,NULL,NULL)",
             (
                 event.call_id,
                 event.originator_id.hex,

@@ -229,7 +229,7 @@ class StoreContract:
         usage = manager.get_token_usage()
         assert len(usage["sessions"]) >= 3
         sent = client.requests[-1]
-        markers = [m for m in sent if "continues conversation" in str(m["content"])]
+        markers = [m for m in sent if "continues this conversation" in str(m["content"])]
         assert len(markers) == 1
         # SYSTEM first (the prompt, then the one marker), then CONTEXT with its source.
         assert sent[0] == {"role": "system", "content": "Sys"}
