@@ -5,6 +5,7 @@ ConversationManager (Penguin's API) is a thin layer over this; the CLI and tests
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -145,6 +146,11 @@ def _metadata(metadata: Any) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise InvalidInput(f"metadata must be a dict, not {type(metadata).__name__}.")
     _check_json(metadata, "metadata")
+    try:
+        # orjson would store NaN and infinities as null: refuse them instead.
+        json.dumps(metadata, allow_nan=False)
+    except ValueError:
+        raise InvalidInput("metadata cannot hold NaN or infinite numbers.") from None
     return metadata
 
 

@@ -60,7 +60,8 @@ class ConversationManager:
             max_messages_per_session=max_messages_per_session,
             cache_size=max_sessions_in_memory,
             window=WindowConfig(
-                context_window=context_window_for(model, int(window) if window else None)
+                context_window=context_window_for(model, int(window) if window else None),
+                max_images=int(config_value(model_config, "max_images") or 5),
             ),
             tokenizer=tokenizer_for(model, provider),
         )

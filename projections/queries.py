@@ -116,14 +116,15 @@ class ReadModel:
 
     def trims(self, segments: Iterable[Segment]) -> list[dict[str, Any]]:
         """The trim decisions recorded in these segments, oldest first."""
-        return [doc for _, _, doc in self.documents(segments, (ContextTrimmed.TOPIC,))]
+        return [doc for _, _, _, doc in self.documents(segments, (ContextTrimmed.TOPIC,))]
 
     def documents(
         self, segments: Iterable[Segment], topics: Sequence[str]
-    ) -> list[tuple[str, int, dict[str, Any]]]:
-        """(topic, position, JSON document) of these segments' events of these topics."""
+    ) -> list[tuple[UUID, str, int, dict[str, Any]]]:
+        """(stream, topic, position, JSON document) of these segments' events of these
+        topics, in view order."""
         placeholders = ",".join("?" * len(topics))
-        found: list[tuple[str, int, dict[str, Any]]] = []
+        found: list[tuple[UUID, str, int, dict[str, Any]]] = []
         for segment in segments:
             rows = self.db.execute(
                 "SELECT topic, originator_version, state FROM stored_events WHERE originator_id=? "
@@ -131,7 +132,10 @@ class ReadModel:
                 "ORDER BY originator_version",
                 (segment.conversation_id.hex, segment.first, segment.last, *topics),
             )
-            found.extend((topic, pos, orjson.loads(state)) for topic, pos, state in rows)
+            found.extend(
+                (segment.conversation_id, topic, pos, orjson.loads(state))
+                for topic, pos, state in rows
+            )
         return found
 
     def segments_at(self, conversation_id: UUID, position: int) -> tuple[Segment, ...] | None:

@@ -371,6 +371,12 @@ LEDGER_CASES = [
         id="metadata-surrogate",
     ),
     pytest.param(
+        _append(metadata={"score": float("nan")}),
+        InvalidInput,
+        "NaN or infinite",
+        id="metadata-nan",
+    ),
+    pytest.param(
         lambda c: c.lg.take_snapshot(c.conversation, "meta"),
         InvalidInput,
         "must be a dict",

@@ -1,0 +1,78 @@
+"""Record -> replay: a recorded conversation re-runs offline and reproduces every answer and
+every request; a change (here, the system prompt) is caught at the first turn it affects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from chatledger import ConversationManager
+from chatledger.replay import ReplayMismatch, recorded_calls, replay
+
+
+async def record(workspace: Path, tmp_path: Path) -> tuple[ConversationManager, str]:
+    manager = ConversationManager(
+        workspace_path=workspace,
+        system_prompt="You are terse.",
+        model_config={"context_window": 400},
+        max_messages_per_session=12,
+    )
+    manager.add_context("The office is in Porto.", source="facts.md")
+    image = tmp_path / "map.png"
+    Image.new("RGB", (40, 30), "green").save(image)
+    for index in range(6):
+        await manager.process_message(f"turn {index}: " + "tell me more " * 12)
+        if index == 2:
+            checkpoint = await manager.create_manual_checkpoint("fork here")
+    await manager.process_message("what is on this map?", image_path=str(image))
+    manager.add_message("tool", "lookup: 3 results")
+    branch = await manager.branch_from_checkpoint(checkpoint, name="alternative")
+    assert branch is not None
+    for index in range(4):
+        await manager.process_message(f"branch turn {index}: " + "and then " * 15)
+    return manager, branch
+
+
+async def test_replay_reproduces_every_answer_and_request(tmp_path: Path) -> None:
+    manager, branch = await record(tmp_path / "ws", tmp_path)
+    ledger = manager.ledger
+    calls = recorded_calls(ledger, branch)
+    # The branch's view holds the parent's first three turns and its own four.
+    assert len(calls) == 7 and all(call.reply is not None for call in calls)
+    # The recording trimmed context (a small window), so replay exercises trims too.
+    assert manager.get_token_usage()["truncations"]["messages_removed"] > 0
+
+    report = await replay(ledger, branch)
+    assert len(report.turns) == 7 and report.identical
+    for turn in report.turns:
+        assert turn.answer == turn.recorded_answer
+
+    parent = await replay(ledger, manager.list_conversations()[-1]["id"])
+    assert len(parent.turns) == 7 and parent.identical
+
+
+async def test_a_changed_system_prompt_is_caught_at_the_first_turn(tmp_path: Path) -> None:
+    manager, branch = await record(tmp_path / "ws", tmp_path)
+    expected = r"Turn 1: the request differs .* at message 1: recorded 'system: You are terse"
+    with pytest.raises(ReplayMismatch, match=expected):
+        await replay(manager.ledger, branch, system_prompt="You are verbose.")
+
+
+async def test_replay_against_another_model_reports_divergence(tmp_path: Path) -> None:
+    manager, branch = await record(tmp_path / "ws", tmp_path)
+
+    class Echo:
+        name, model = "echo", "echo-1"
+
+        async def complete(self, messages: list[dict[str, object]], **_: object) -> object:
+            from chatledger.providers import ModelReply
+
+            return ModelReply("echo")
+
+    report = await replay(manager.ledger, branch, provider=Echo())
+    assert not report.identical
+    assert report.turns[0].request_matches and not report.turns[0].answer_matches
+    # Once answers differ, later requests (which contain them) differ too.
+    assert not report.turns[1].request_matches
