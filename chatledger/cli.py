@@ -13,6 +13,9 @@ from rich.tree import Tree
 
 from chatledger.ledger import Ledger
 from chatledger.manager import ConversationManager
+from chatledger.provider_selection import select_provider
+from chatledger.providers import Provider
+from chatledger.replay import ReplayMismatch, replay
 from domain.errors import ChatledgerError
 from infrastructure.sqlite_store import DB_FILE
 
@@ -276,6 +279,56 @@ def checkpoints(
 def tree(workspace: WorkspaceOption = None) -> None:
     """Print the branch tree of all conversations."""
     _print_tree(_ledger(workspace))
+
+
+@app.command("replay")
+def replay_command(
+    conversation: str,
+    workspace: WorkspaceOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Re-run against provider:model (e.g. openai:gpt-4o) instead of the record."
+        ),
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+) -> None:
+    """Re-run a recorded conversation. From the record it must reproduce every answer and
+    context exactly (exit 0, or 1 naming the first difference); against a model it reports
+    per turn where answers and contexts diverge."""
+    ledger = _ledger(workspace)
+    try:
+        provider = _provider(model, base_url) if model else None
+        report = asyncio.run(replay(ledger, conversation, provider=provider))
+    except ReplayMismatch as mismatch:
+        console.print(f"[red]MISMATCH[/red] {mismatch}")
+        raise typer.Exit(1) from None
+    except ChatledgerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    finally:
+        ledger.close()
+    table = Table("turn", "context", "answer", "answer now")
+    for turn in report.turns:
+        table.add_row(
+            str(turn.turn),
+            "same" if turn.request_matches else "[yellow]differs[/]",
+            "same" if turn.answer_matches else "[yellow]differs[/]",
+            _preview(turn.answer, 50),
+        )
+    console.print(table)
+    console.print(
+        f"{len(report.turns)} turns replayed: "
+        + ("identical." if report.identical else "[yellow]diverged.[/]")
+    )
+    raise typer.Exit(0 if report.identical or model else 1)
+
+
+def _provider(spec: str, base_url: str | None) -> Provider:
+    name, _, model = spec.partition(":")
+    if not model:
+        name, model = "openai", name
+    return select_provider({"provider": name, "model": model, "base_url": base_url}, None)
 
 
 @app.command()

@@ -344,3 +344,11 @@ def test_context_shows_what_the_model_was_sent(demo: Demo) -> None:
     assert early.code == 0 and "Lisbon" in early.text and "Sintra" not in early.text
     bad = invoke("context", demo.parent, "--at", "100000", "--workspace", demo.workspace)
     assert bad.code == 2 and "Position must be between 1 and" in bad.text
+
+
+def test_replay_reproduces_the_demo_and_names_a_mismatch(demo: Demo) -> None:
+    result = invoke("replay", demo.branch, "--workspace", demo.workspace)
+    assert result.code == 0, result.text
+    assert "4 turns replayed: identical." in result.text
+    missing = invoke("replay", "00000000-0000-0000-0000-000000000000", "-w", demo.workspace)
+    assert missing.code == 2 and "No conversation" in missing.text

@@ -76,3 +76,16 @@ async def test_replay_against_another_model_reports_divergence(tmp_path: Path) -
     assert report.turns[0].request_matches and not report.turns[0].answer_matches
     # Once answers differ, later requests (which contain them) differ too.
     assert not report.turns[1].request_matches
+
+
+async def test_the_pytest_helper_turns_a_recording_into_a_regression_test(
+    tmp_path: Path,
+) -> None:
+    from chatledger.testing import assert_replays
+
+    manager, branch = await record(tmp_path / "ws", tmp_path)
+    manager.close()
+    report = await assert_replays(tmp_path / "ws", branch)
+    assert len(report.turns) == 7
+    with pytest.raises(AssertionError, match="no longer replays: Turn 1"):
+        await assert_replays(tmp_path / "ws", branch, system_prompt="Something else.")
