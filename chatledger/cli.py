@@ -16,7 +16,7 @@ from chatledger.manager import ConversationManager
 from chatledger.provider_selection import select_provider
 from chatledger.providers import Provider
 from chatledger.replay import ReplayMismatch, replay
-from domain.errors import ChatledgerError
+from domain.errors import ChatledgerError, ConversationNotFound
 from infrastructure.sqlite_store import DB_FILE
 
 
@@ -279,6 +279,99 @@ def checkpoints(
 def tree(workspace: WorkspaceOption = None) -> None:
     """Print the branch tree of all conversations."""
     _print_tree(_ledger(workspace))
+
+
+CHAT_HELP = (
+    "/checkpoint [name]  /rollback <checkpoint>  /branch <checkpoint> [name]  /tree  "
+    "/usage  /context  /checkpoints  /quit"
+)
+
+
+@app.command()
+def chat(
+    workspace: WorkspaceOption = None,
+    provider: Annotated[str, typer.Option(help="offline, openai or anthropic.")] = "offline",
+    model: Annotated[str | None, typer.Option(help="The provider's model name.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL.")] = None,
+    conversation: Annotated[str | None, typer.Option(help="Continue this conversation.")] = None,
+    system_prompt: Annotated[str, typer.Option("--system", help="System prompt.")] = "",
+) -> None:
+    """An interactive chat that streams answers; slash commands manage the history."""
+    try:
+        manager = ConversationManager(
+            workspace_path=_workspace(workspace),
+            system_prompt=system_prompt,
+            model_config={"provider": provider, "model": model, "base_url": base_url},
+        )
+        if conversation and not manager.load(conversation):
+            raise ConversationNotFound(f"No conversation with id {conversation}.")
+    except ChatledgerError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    console.print(f"[dim]{CHAT_HELP}[/]")
+    try:
+        asyncio.run(_chat_loop(manager))
+    finally:
+        manager.close()
+
+
+async def _chat_loop(manager: ConversationManager) -> None:
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return
+        if not line:
+            continue
+        if line.startswith("/"):
+            if line in ("/quit", "/exit"):
+                return
+            try:
+                await _chat_command(manager, line)
+            except ChatledgerError as error:
+                console.print(f"[red]error:[/red] {error}")
+            continue
+        console.print("[bold green]assistant[/]: ", end="")
+        answer = await manager.process_message(
+            line, streaming=True, stream_callback=lambda chunk: console.print(chunk, end="")
+        )
+        console.print()
+        if isinstance(answer, str) and answer.startswith("Error processing message:"):
+            console.print(f"[red]{answer}[/]")
+
+
+async def _chat_command(manager: ConversationManager, line: str) -> None:
+    command, *args = line.split()
+    ledger = manager.ledger
+    if command == "/checkpoint":
+        checkpoint = ledger.create_checkpoint(
+            manager.get_conversation_id(), name=" ".join(args) or None
+        )
+        console.print(f"checkpoint {checkpoint}")
+    elif command == "/rollback" and args:
+        manager._active = ledger.rollback(args[0])
+        console.print(f"rolled back to {args[0]}")
+    elif command == "/branch" and args:
+        manager._active = ledger.branch(args[0], " ".join(args[1:]) or None)
+        console.print(f"now on branch {manager.get_conversation_id()}")
+    elif command == "/tree":
+        _print_tree(ledger)
+    elif command == "/checkpoints":
+        _print_checkpoints(manager.list_checkpoints(manager.get_conversation_id(), limit=10))
+    elif command == "/usage":
+        usage = manager.get_token_usage()
+        console.print(
+            f"{usage['current_total_tokens']} of {usage['max_context_window_tokens']} tokens "
+            f"({usage['percentage']:.1f}%), truncations {usage['truncations']}"
+        )
+    elif command == "/context":
+        context = ledger.context_at(manager.get_conversation_id())
+        console.print(
+            f"{len(context['sent'])} messages sent ({context['tokens']} tokens), "
+            f"{len(context['left_out'])} left out"
+        )
+    else:
+        console.print(f"[yellow]unknown command[/] {line!r}: {CHAT_HELP}")
 
 
 @app.command("replay")

@@ -352,3 +352,39 @@ def test_replay_reproduces_the_demo_and_names_a_mismatch(demo: Demo) -> None:
     assert "4 turns replayed: identical." in result.text
     missing = invoke("replay", "00000000-0000-0000-0000-000000000000", "-w", demo.workspace)
     assert missing.code == 2 and "No conversation" in missing.text
+
+
+def test_chat_streams_answers_and_obeys_slash_commands(tmp_path: Path) -> None:
+    assert EXECUTABLE is not None
+    script = "\n".join(
+        [
+            "Hello there",
+            "/checkpoint before",
+            "Second question",
+            "/usage",
+            "/context",
+            "/nonsense",
+            "/rollback cp_missing",
+            "/quit",
+        ]
+    )
+    completed = subprocess.run(
+        [EXECUTABLE, "chat", "--workspace", str(tmp_path / "ws"), "--system", "Be brief."],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = " ".join((completed.stdout + completed.stderr).split())
+    assert completed.returncode == 0, out
+    assert 'You said: "Hello there"' in out and 'You said: "Second question"' in out
+    assert "checkpoint cp_" in out and "tokens (" in out and "messages sent" in out
+    assert "unknown command" in out and "No checkpoint 'cp_missing'" in out
+    assert "Traceback" not in out
+    ledger = Ledger(tmp_path / "ws")
+    try:
+        (conversation,) = ledger.list_conversations()
+        texts = [m["content"] for m in ledger.history(conversation["id"])]
+    finally:
+        ledger.close()
+    assert texts[0] == "Be brief." and texts[1] == "Hello there" and len(texts) == 5
