@@ -1,0 +1,1 @@
+"""Model providers: adapters from chatledger's request to each vendor's API."""
