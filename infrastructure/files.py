@@ -27,18 +27,28 @@ def context_dir(workspace: Path) -> Path:
 
 
 def _context_candidates(workspace: Path, requested: str) -> list[tuple[Path, str]]:
-    candidates: list[tuple[Path, str]] = []
-    base = context_dir(workspace).resolve()
-    in_workspace = (base / requested).resolve()
-    # A relative name may not climb out of the context folder ("../../etc/passwd").
-    if in_workspace.is_relative_to(base):
-        candidates.append((in_workspace, "workspace"))
-    candidates.append((Path(requested).expanduser(), "path"))
+    """Where a context file name may be read from. An absolute path is read as given (the
+    caller chose it explicitly); a relative name is looked up in `<workspace>/context`, then
+    in the workspace, and must stay inside the workspace once resolved (no "../", no symlink
+    out)."""
+    path = Path(requested).expanduser()
+    if path.is_absolute():
+        return [(path, "path")]
+    root = workspace.resolve()
+    candidates = []
+    for base, location in ((context_dir(workspace), "workspace"), (workspace, "workspace")):
+        resolved = (base / path).resolve()
+        if not resolved.is_relative_to(root):
+            raise FileInputError(
+                f"Context file {requested!r} resolves outside the workspace {root}; relative "
+                "names stay inside it. Give an absolute path to read a file elsewhere."
+            )
+        candidates.append((resolved, location))
     return candidates
 
 
 def read_context_file(workspace: Path, requested: str | Path) -> ContextFile:
-    """Reads `<workspace>/context/<requested>`, else `<requested>` itself, as UTF-8 text."""
+    """Reads a context file (see `_context_candidates` for where) as UTF-8 text."""
     requested = str(requested)
     if not requested.strip() or "\x00" in requested:
         raise FileInputError(f"Not a usable file name: {requested!r}.")
@@ -63,7 +73,7 @@ def read_context_file(workspace: Path, requested: str | Path) -> ContextFile:
                 text=text,
             )
     raise FileInputError(
-        f"Context file {requested!r} not found in {context_dir(workspace)} nor as a path."
+        f"Context file {requested!r} not found in {context_dir(workspace)} nor in {workspace}."
     )
 
 
