@@ -57,6 +57,8 @@ from projections.runner import ProjectionRunner
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 5
+#: Largest message accepted, in bytes of its stored JSON parts (images are files, not counted).
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 #: Seconds between two runs of the age-based retention rules for one conversation.
 RETENTION_INTERVAL = 60.0
 _PARTS = TypeAdapter(tuple[ContentPart, ...])
@@ -224,9 +226,13 @@ class Ledger:
         clock: Callable[[], datetime] = utc_now,
         window: WindowConfig | None = None,
         tokenizer: ModelTokenizer | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if max_messages_per_session < 1:
             raise InvalidInput("max_messages_per_session must be at least 1.")
+        if max_message_bytes < 1:
+            raise InvalidInput("max_message_bytes must be at least 1.")
+        self.max_message_bytes = max_message_bytes
         self.workspace = Path(workspace).expanduser()
         path = prepare_workspace(self.workspace)
         check_database_file(path)
@@ -333,13 +339,22 @@ class Ledger:
                 f"Unknown role {role!r}; use one of {[r.value for r in Role]}."
             ) from None
         the_category = self._category(category)
-        parts = content_parts(content) + tuple(
-            self.tokens.price_image(read_image(path)) for path in image_paths
-        )
+        parts = self._parts(content, image_paths)
         meta = _metadata(metadata)
         return self._run(
             lambda batch: self._append(batch.get(cid), the_role, parts, the_category, meta)
         )
+
+    def _parts(self, content: Any, image_paths: Sequence[str | Path]) -> tuple[ContentPart, ...]:
+        """A message's parts, checked (text within the size limit) and images priced."""
+        parts = content_parts(content)
+        size = sum(len(orjson.dumps(part.model_dump())) for part in parts)
+        if size > self.max_message_bytes:
+            raise InvalidInput(
+                f"The message is {size} bytes; the limit is {self.max_message_bytes} "
+                "(max_message_bytes). Split it, or attach it as a context file."
+            )
+        return parts + tuple(self.tokens.price_image(read_image(path)) for path in image_paths)
 
     @staticmethod
     def _category(category: str | Category | None) -> Category | None:
@@ -628,9 +643,7 @@ class Ledger:
             answered = self.read.answered_call(cid, _label(idempotency_key, "A key") or "")
             if answered is not None:
                 return PreparedTurn(cid, None, answered[0], None, self._row(cid, answered[1]))
-        parts = content_parts(content) + tuple(
-            self.tokens.price_image(read_image(path)) for path in image_paths
-        )
+        parts = self._parts(content, image_paths)
         files = [self.read_context(path) for path in context_files]
         user_tokens = self.tokens.count_parts(Role.USER, parts)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from chatledger.ledger import Ledger, PreparedTurn, content_parts
+from chatledger.ledger import DEFAULT_MAX_MESSAGE_BYTES, Ledger, PreparedTurn, content_parts
 from chatledger.message import Message
 from chatledger.provider_selection import config_value, select_provider
 from chatledger.providers import ChunkCallback, ModelReply, Provider, ProviderError
@@ -44,6 +44,7 @@ class ConversationManager:
         max_sessions_in_memory: int = 20,
         auto_save_interval: int = 60,
         checkpoint_config: CheckpointConfig | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if not isinstance(system_prompt, str):
             raise InvalidInput("system_prompt must be a string.")
@@ -64,6 +65,7 @@ class ConversationManager:
                 max_images=int(config_value(model_config, "max_images") or 5),
             ),
             tokenizer=tokenizer_for(model, provider),
+            max_message_bytes=max_message_bytes,
         )
         self.workspace = self.ledger.workspace
         prompt_tokens = (

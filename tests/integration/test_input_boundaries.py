@@ -1,4 +1,5 @@
-"""Context file names stay inside the workspace unless an absolute path is given."""
+"""Where input stops: context file names stay inside the workspace unless an absolute path is
+given, and messages stay within the configured size limit."""
 
 from __future__ import annotations
 
@@ -46,3 +47,16 @@ def test_context_folder_first_then_workspace(setup: tuple[ConversationManager, P
     loaded = [(m["content"], m["metadata"]["source"]) for m in manager.get_history()]
     assert loaded[0][0] == "inside context" and loaded[0][1].endswith("context/inside.md")
     assert loaded[1][0] == "in the workspace" and loaded[1][1].endswith("ws/notes.md")
+
+
+def test_a_message_over_the_size_limit_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    from chatledger import InvalidInput
+
+    manager = ConversationManager(workspace_path=tmp_path, max_message_bytes=1000)
+    manager.add_message("user", "x" * 900)
+    before = manager.get_history()
+    with pytest.raises(InvalidInput, match="the limit is 1000"):
+        manager.add_message("user", "x" * 1000)
+    assert manager.get_history() == before
