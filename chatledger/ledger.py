@@ -249,7 +249,7 @@ class Ledger:
         self.store = open_event_store(path, cache_size)
         self.read = ReadModel(self.db)
         self.projections = ProjectionRunner(self.db, self.store.recorder, self.store.mapper)
-        self.projections.catch_up()
+        self.projections.catch_up_or_rebuild()
         self.store.projector = self.projections.project_in_transaction
 
     def close(self) -> None:
@@ -895,9 +895,18 @@ class Ledger:
             raise InvalidInput("limit and offset must be non-negative integers.")
         return self.read.list_conversations(limit, offset, search_term)
 
-    def verify(self, conversation_id: str | UUID | None = None) -> VerificationReport:
+    def verify(
+        self,
+        conversation_id: str | UUID | None = None,
+        anchor: Path | str | dict[str, Any] | None = None,
+    ) -> VerificationReport:
+        """Walks the hash chains of every conversation (or one and its ancestors). With an
+        anchor (an anchor file's path, or its document as from `report.anchor()`), anchored
+        heads must still be stored unchanged too, so tail truncation and a forged newest event
+        are found. Raises FileInputError/InvalidInput for a missing or corrupt anchor.
+        `report.anchor()` of an intact report is the anchor to export."""
         only = self._existing(conversation_id) if conversation_id is not None else None
-        return verify(self.store.recorder, only)
+        return verify(self.store.recorder, only, anchor)
 
     def rebuild_projections(self) -> int:
         return self.projections.rebuild()

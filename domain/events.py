@@ -83,6 +83,13 @@ class ConversationStarted(ConversationEvent, CanInitAggregate[UUID]):
 
 class MessageAppended(ConversationEvent):
     TOPIC = "chatledger:MessageAppended"
+    #: v1 (release 0.1) also stored `pinned` and `eligible`, which v2 derives.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(document: dict[str, Any]) -> None:
+        document.pop("pinned", None)
+        document.pop("eligible", None)
 
     message_id: str
     role: Role

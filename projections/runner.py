@@ -7,6 +7,7 @@ the tracking position in one transaction on the projections' connection."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ class ProjectionRunner:
         for projection in self.projections:
             for event_type, handler in projection.handlers().items():
                 self._dispatch.setdefault(event_type, []).append(handler)
+        self._rebuild_needed = self._schema_changed()
         with self._transaction() as cursor:
             cursor.execute(
                 "CREATE TABLE IF NOT EXISTS projection_tracking "
@@ -62,6 +64,30 @@ class ProjectionRunner:
                 cursor.execute(
                     "INSERT OR IGNORE INTO projection_tracking VALUES (?, 0)", (projection.name,)
                 )
+
+    def fingerprint(self) -> str:
+        """Names the projections' current schema: when it changes, the tables are rebuilt."""
+        ddl = "\n".join(statement for p in self.projections for statement in p.ddl)
+        return hashlib.sha256(ddl.encode()).hexdigest()
+
+    def _schema_changed(self) -> bool:
+        row = self.db.execute(
+            "SELECT value FROM chatledger_meta WHERE key='projections'"
+        ).fetchone()
+        return row is None or row[0] != self.fingerprint()
+
+    def catch_up_or_rebuild(self) -> int:
+        """Brings the projections up to date: rebuilt from the log when their schema changed
+        since the store was last opened (a newer chatledger), else caught up."""
+        if not self._rebuild_needed:
+            return self.catch_up()
+        applied = self.rebuild()
+        self.db.execute(
+            "INSERT OR REPLACE INTO chatledger_meta VALUES ('projections', ?)",
+            (self.fingerprint(),),
+        )
+        self._rebuild_needed = False
+        return applied
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
