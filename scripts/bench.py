@@ -5,6 +5,12 @@ Usage:
     python scripts/bench.py --quick              # 200-message smoke run (seconds)
     python scripts/bench.py --sizes 1000 --out bench.json
     python scripts/bench.py --sequential         # store by store instead of interleaved
+    python scripts/bench.py --context            # also the per-turn context-window bench
+    python scripts/bench.py --context-only --profile   # only it, + cProfile of 50 turns at 10k
+
+The context-window part (per-turn overhead of context assembly at 1k/10k/100k messages of
+history, and token counting throughput) lives in scripts/bench_context.py, which also runs on
+its own; `--context` runs it after this one, in the same process, and prints its tables too.
 
 Every store (the raw SQLite floor, the Agents SDK session, chatledger) gets a fresh
 temporary folder and the same deterministic message texts. Appends are interleaved message
@@ -34,6 +40,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -556,7 +563,13 @@ class Row:
             return f"{value:.2f}x"
         if self.unit == "ms":
             return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+        if self.unit == "s":
+            return f"{value:.1f}"
         return f"{value:,.0f}"
+
+    def target_for(self, size: int | None) -> tuple[str, float] | None:
+        """This row's target in the column of `size` (by default the same in every one)."""
+        return self.target
 
     def target_text(self) -> str:
         if self.target is None:
@@ -565,10 +578,11 @@ class Row:
         suffix = "x" if self.unit == "x" else f" {self.unit}"
         return f"{op} {bound:,g}{suffix}"
 
-    def status(self, value: float | None) -> str:
-        if self.target is None or value is None:
+    def status(self, value: float | None, size: int | None = None) -> str:
+        target = self.target_for(size)
+        if target is None or value is None:
             return ""
-        op, bound = self.target
+        op, bound = target
         meets = {"≤": value <= bound, "<": value < bound, "≥": value >= bound}[op]
         return "meets" if meets else "misses"
 
@@ -620,12 +634,14 @@ ROWS = (
 )
 
 
-def table_rows(results: dict[int, Results]) -> tuple[list[str], list[list[str]]]:
-    header = ["metric", *(f"N={size:,}" for size in results), "target", "status"]
+def table_rows(
+    results: dict[int, Results], rows_spec: Sequence[Row] = ROWS, label: str = "N"
+) -> tuple[list[str], list[list[str]]]:
+    header = ["metric", *(f"{label}={size:,}" for size in results), "target", "status"]
     rows = []
-    for row in ROWS:
+    for row in rows_spec:
         values = [results[size].get(row.key) for size in results]
-        statuses = [row.status(value) for value in values]
+        statuses = [row.status(value, size) for size, value in zip(results, values, strict=True)]
         status = " / ".join(statuses) if any(statuses) else ""
         rows.append([row.label, *(row.cell(v) for v in values), row.target_text(), status])
     return header, rows
@@ -662,16 +678,22 @@ class RunInfo:
 
 def print_table(results: dict[int, Results], info: RunInfo) -> None:
     header, rows = table_rows(results)
+    render_table("chatledger vs baselines (DESIGN §7)", header, rows, info.caption(results))
+
+
+def render_table(title: str, header: list[str], rows: list[list[str]], caption: str) -> None:
+    """With rich when installed (status coloured), else as aligned plain text."""
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
         widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+        print(title)
         for line in [header, *rows]:
             print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
-        print(info.caption(results))
+        print(caption)
         return
-    table = Table(title="chatledger vs baselines (DESIGN §7)", caption=info.caption(results))
+    table = Table(title=title, caption=caption)
     for index, name in enumerate(header):
         table.add_column(name, justify="left" if index == 0 else "right", no_wrap=index == 0)
     colours = {"meets": "[green]meets[/]", "misses": "[red]misses[/]"}
@@ -693,7 +715,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="append store by store instead of interleaving the stores message by message",
     )
+    parser.add_argument(
+        "--context",
+        action="store_true",
+        help="then the per-turn context-window bench too (scripts/bench_context.py)",
+    )
+    parser.add_argument("--context-only", action="store_true", help="only the context-window bench")
+    context_bench().add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def context_bench() -> ModuleType:
+    """scripts/bench_context.py, sharing this module (it imports `bench`) when run as a
+    script, so the two do not load this file twice."""
+    sys.modules.setdefault("bench", sys.modules[__name__])
+    import bench_context
+
+    return bench_context
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -709,15 +747,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results: dict[int, Results] = {}
     load_at_start = os.getloadavg()[0]
-    for size in sizes:
+    for size in [] if args.context_only else sizes:
         started = time.perf_counter()
         results[size] = bench_size(size, settings)
         print(f"N={size:,}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
     info = RunInfo(git_commit(), (load_at_start, os.getloadavg()[0]), args.sequential)
-    print_table(results, info)
+    if results:
+        print_table(results, info)
+    context = None
+    if args.context or args.context_only:
+        context = context_bench().run_from_args(args)
     if args.out:
         meta = {"python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version, **asdict(info)}
-        args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        report: dict[str, Any] = {"meta": meta, "results": results}
+        if context is not None:
+            report["context"] = context.as_json()
+        args.out.write_text(json.dumps(report, indent=2))
     return 0
 
 
