@@ -153,17 +153,46 @@ def _print_checkpoints(rows: list[dict[str, object]]) -> None:
 def verify(
     workspace: WorkspaceOption = None,
     conversation: Annotated[str | None, typer.Argument(help="Only this conversation.")] = None,
+    anchor: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchor", help="Also check the heads pinned by this anchor file are still there."
+        ),
+    ] = None,
+    export_anchor: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-anchor", help="If intact, write an anchor of the current heads to FILE."
+        ),
+    ] = None,
 ) -> None:
-    """Check every hash chain; exit 0 when intact, 1 naming the first broken position."""
+    """Check every hash chain; exit 0 when intact, 1 naming the first broken position.
+    Deleting a stream's last events or forging its newest event only shows against an anchor
+    exported earlier (--export-anchor, then --anchor); 2 for an unusable anchor file."""
+    # Imported here to keep this command's changes in one place.
+    from infrastructure.verification import write_anchor
+
     ledger = _ledger(workspace)
     try:
-        report = ledger.verify(conversation)
+        report = ledger.verify(conversation, anchor)
     except ChatledgerError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     for chain_break in report.breaks:
         console.print(f"[red]BROKEN[/red] {chain_break}")
     console.print(f"{report.events} events in {report.conversations} conversations checked.")
+    if anchor is not None and report.ok:
+        console.print(f"Every head anchored in {anchor} is still stored unchanged.")
+    if export_anchor is not None:
+        if not report.ok:
+            console.print(f"[red]anchor not exported:[/red] the store is broken ({export_anchor}).")
+            raise typer.Exit(1)
+        try:
+            write_anchor(export_anchor, report.anchor())
+        except ChatledgerError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
+        console.print(f"Anchor of {len(report.heads)} heads written to {export_anchor}.")
     raise typer.Exit(0 if report.ok else 1)
 
 

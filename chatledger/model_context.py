@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections import ChainMap
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -57,8 +58,13 @@ class SessionContext:
     #: SYSTEM and CONTEXT messages a new session carries, by id (trimmed or not).
     pinned: dict[str, dict[str, Any]]
     #: Message id -> why it was left out, for this session.
-    trimmed: dict[str, str] = field(default_factory=dict)
+    trimmed: MutableMapping[str, str] = field(default_factory=dict)
     stale: bool = False
+    #: The policy's view of each row, made once when the row enters (rows never change).
+    items_by_id: dict[str, ContextItem] = field(default_factory=dict)
+    pinned_items: dict[str, ContextItem] = field(default_factory=dict)
+    #: Order of arrival; a ContextItem's position (only the order matters to the policy).
+    sequence: int = 0
 
     @classmethod
     def from_log(
@@ -76,26 +82,34 @@ class SessionContext:
             if trim["session_id"] == session_id
             for message_id in trim["message_ids"]
         }
-        rows: dict[str, dict[str, Any]] = {}
-        pinned: dict[str, dict[str, Any]] = {}
+        context = cls(conversation_id, version, session_id, {}, {}, trimmed)
         for row in transcript:
-            if row["id"] in pinned_ids:
-                pinned[row["id"]] = row
-            if (row["session_id"] == session_id or row["id"] in pinned_ids) and (
-                row["id"] not in trimmed
-            ):
-                rows[row["id"]] = row
-        return cls(conversation_id, version, session_id, rows, pinned, trimmed)
+            pinned = row["id"] in pinned_ids
+            in_session = row["session_id"] == session_id or pinned
+            if pinned or in_session:
+                context._enter(row, pinned, in_context=in_session and row["id"] not in trimmed)
+        return context
+
+    def _enter(self, row: dict[str, Any], pinned: bool, *, in_context: bool = True) -> None:
+        self.sequence += 1
+        item = context_item(row, self.sequence)
+        if pinned:
+            self.pinned[row["id"]] = row
+            self.pinned_items[row["id"]] = item
+        if in_context:
+            self.rows[row["id"]] = row
+            self.items_by_id[row["id"]] = item
 
     def copy(self) -> SessionContext:
-        return SessionContext(
-            self.conversation_id,
-            self.version,
-            self.session_id,
-            dict(self.rows),
-            dict(self.pinned),
-            dict(self.trimmed),
-            self.stale,
+        """A working copy for one command. The trimmed map, which grows with the session,
+        is shared read-only under an overlay that takes the command's new trims."""
+        return replace(
+            self,
+            rows=dict(self.rows),
+            pinned=dict(self.pinned),
+            trimmed=ChainMap({}, self.trimmed),
+            items_by_id=dict(self.items_by_id),
+            pinned_items=dict(self.pinned_items),
         )
 
     def apply(self, event: Any) -> None:
@@ -109,19 +123,19 @@ class SessionContext:
             if isinstance(event, events.SessionStarted):
                 self.session_id = event.session_id
                 self.rows = dict(self.pinned)
+                self.items_by_id = dict(self.pinned_items)
                 self.trimmed = {}
-            elif event.pinned:
-                self.pinned[row["id"]] = row
-            self.rows[row["id"]] = row
+            self._enter(row, isinstance(event, events.MessageAppended) and event.pinned)
         elif isinstance(event, events.ContextTrimmed):
             for message_id in event.message_ids:
                 self.rows.pop(message_id, None)
+                self.items_by_id.pop(message_id, None)
                 self.trimmed[message_id] = event.reason
         elif isinstance(event, events.ViewReplaced | events.ConversationStarted):
             self.stale = True
 
     def items(self) -> list[ContextItem]:
-        return [context_item(row, order) for order, row in enumerate(self.rows.values())]
+        return list(self.items_by_id.values())
 
     def plan(self, window: WindowConfig) -> ContextPlan:
         return select_context(self.items(), window)

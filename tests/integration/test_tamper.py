@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 from chatledger import cli
 from chatledger.ledger import Ledger
 from domain.checkpoints import CheckpointConfig, CheckpointType
+from domain.errors import FileInputError, InvalidInput, StoreError
 from domain.hashing import event_hash
-from infrastructure.verification import hashed_document
+from infrastructure.verification import anchor_of, hashed_document
 
 DB = "chatledger.db"
 HASH_MISMATCH = "hash does not match the payload"
@@ -189,13 +190,40 @@ def _stored(
     return StoredEvent(conversation, position, topic, orjson.dumps(document))
 
 
-def _breaks(store: Store, conversation: UUID | None = None) -> list[tuple[UUID, int, str]]:
+def _delete(store: Store, conversation: UUID, position: int) -> None:
+    db = _connect(store)
+    try:
+        deleted = db.execute(
+            "DELETE FROM stored_events WHERE originator_id=? AND originator_version=?",
+            (conversation.hex, position),
+        ).rowcount
+    finally:
+        db.close()
+    assert deleted == 1
+
+
+def _breaks(
+    store: Store,
+    conversation: UUID | None = None,
+    anchor: Path | str | dict[str, Any] | None = None,
+) -> list[tuple[UUID, int, str]]:
     ledger = Ledger(store.workspace)
     try:
-        report = ledger.verify(conversation)
+        report = ledger.verify(conversation, anchor=anchor)
     finally:
         ledger.close()
     return [(b.conversation_id, b.position, b.problem) for b in report.breaks]
+
+
+def _anchor(store: Store) -> dict[str, Any]:
+    """The anchor of the store as it is now (taken before a test tampers with it)."""
+    ledger = Ledger(store.workspace)
+    try:
+        report = ledger.verify()
+    finally:
+        ledger.close()
+    assert report.ok
+    return report.anchor()
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -282,25 +310,54 @@ def test_deleted_event_is_located(store: Store, position: int) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known limit until exported anchors (issue 5): deleting the LAST event of a stream "
-    "(tail truncation) is not detected; "
-    "verify only checks each event against the one before it and nothing anchors the head",
-)
 def test_deleted_last_event_is_detected(store: Store) -> None:
-    db = _connect(store)
-    try:
-        db.execute(
-            "DELETE FROM stored_events WHERE originator_id=? AND originator_version=?",
-            (store.parent.hex, store.parent_events),
+    """Tail truncation leaves a shorter chain that is still consistent: only an anchor of the
+    head, exported before the deletion, shows it."""
+    anchor = _anchor(store)
+    _delete(store, store.parent, store.parent_events)
+    assert _breaks(store) == []  # the chain alone cannot see its own end
+    assert _breaks(store, anchor=anchor) == [
+        (
+            store.parent,
+            store.parent_events,
+            f"truncated: anchored head {store.parent_events} missing",
         )
-    finally:
-        db.close()
-    assert [(cid, position) for cid, position, _ in _breaks(store)] == [
-        (store.parent, store.parent_events)
     ]
+    assert _breaks(store, store.parent, anchor=anchor) == [
+        (
+            store.parent,
+            store.parent_events,
+            f"truncated: anchored head {store.parent_events} missing",
+        )
+    ]
+
+
+def test_truncated_tail_of_several_events_is_detected(store: Store) -> None:
+    anchor = _anchor(store)
+    for position in (store.parent_events, store.parent_events - 1):
+        _delete(store, store.parent, position)
+    assert _breaks(store, anchor=anchor) == [
+        (
+            store.parent,
+            store.parent_events,
+            f"truncated: anchored head {store.parent_events} missing",
+        )
+    ]
+
+
+def test_conversation_missing_entirely_is_reported(store: Store) -> None:
+    anchor = _anchor(store)
+    for position in range(1, store.branch_events + 1):
+        _delete(store, store.branch, position)
+    assert _breaks(store) == []  # its notifications went with it: nothing names it any more
+    missing = (
+        store.branch,
+        1,
+        f"conversation missing: no events stored, the anchor has its head at {store.branch_events}",
+    )
+    assert _breaks(store, anchor=anchor) == [missing]
+    # Asked for by id (the read model still knows it), it is reported the same way.
+    assert _breaks(store, store.branch, anchor=anchor) == [missing]
 
 
 # -- (c) two adjacent events reordered ---------------------------------------------------
@@ -340,18 +397,123 @@ def test_forged_event_breaks_the_link_to_the_next_event(store: Store) -> None:
     assert _breaks(store) == [(store.parent, 5, PREV_MISMATCH)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known limit until exported anchors (issue 5): a self-consistent forgery of a "
-    "stream's NEWEST event is not detected (no "
-    "successor contradicts it and nothing anchors the head); same cause as tail truncation",
-)
 def test_forged_last_event_is_detected(store: Store) -> None:
+    """A self-consistent forgery of a stream's NEWEST event: no successor contradicts it, but
+    the anchor exported before it still holds the old hash."""
+    anchor = _anchor(store)
     document = orjson.loads(_state(store, store.branch, 3))
     document["parts"][0]["text"] = "forged text"
     _forge(store, store.branch, 3, {"parts": document["parts"]})
-    assert [(cid, position) for cid, position, _ in _breaks(store)] == [(store.branch, 3)]
+    assert _breaks(store) == []  # the chain alone cannot tell
+    assert _breaks(store, anchor=anchor) == [
+        (store.branch, 3, "event at anchored head 3 differs from the anchor")
+    ]
+
+
+def test_reforged_tail_is_detected_at_the_anchored_head(store: Store) -> None:
+    """Rewriting the last two events and re-chaining them (every hash recomputed) passes the
+    walk; the anchored head's hash gives it away."""
+    anchor = _anchor(store)
+    last = store.parent_events
+    _forge(store, store.parent, last - 1, {"name": "forged name"})
+    new_prev = orjson.loads(_state(store, store.parent, last - 1))["hash"]
+    _forge(store, store.parent, last, {"prev_hash": new_prev})
+    assert _breaks(store) == []
+    assert _breaks(store, anchor=anchor) == [
+        (store.parent, last, f"event at anchored head {last} differs from the anchor")
+    ]
+
+
+def test_anchor_keeps_the_earliest_break(store: Store) -> None:
+    """A break the walk finds before the anchored head is the one named."""
+    anchor = _anchor(store)
+    document = orjson.loads(_state(store, store.parent, 4))
+    document["parts"][0]["text"] = "forged text"
+    _forge(store, store.parent, 4, {"parts": document["parts"]})
+    assert _breaks(store, anchor=anchor) == [(store.parent, 5, PREV_MISMATCH)]
+
+
+# -- anchors ----------------------------------------------------------------------------------
+def test_anchor_of_the_untouched_store(store: Store, tmp_path: Path) -> None:
+    anchor = _anchor(store)
+    assert anchor["format"] == "chatledger-anchor"
+    assert anchor["version"] == 1
+    assert isinstance(anchor["taken_at"], str)
+    heads = anchor["conversations"]
+    assert set(heads) == {str(store.parent), str(store.branch)}
+    for conversation, count in ((store.parent, store.parent_events), (store.branch, 3)):
+        assert heads[str(conversation)] == {
+            "position": count,
+            "hash": orjson.loads(_state(store, conversation, count))["hash"],
+        }
+    # From a dict, from a file (Path or str): all verify ok.
+    path = tmp_path / "anchor.json"
+    path.write_bytes(orjson.dumps(anchor))
+    assert _breaks(store, anchor=anchor) == []
+    assert _breaks(store, anchor=path) == []
+    assert _breaks(store, anchor=str(path)) == []
+
+
+def test_anchor_of_older_history_allows_growth(store: Store) -> None:
+    """Anchors do not forbid growth: new events, new branches and new conversations after the
+    anchor verify ok, and the grown store can be anchored again."""
+    anchor = _anchor(store)
+    ledger = Ledger(store.workspace, checkpoint_config=CheckpointConfig(enabled=False))
+    try:
+        ledger.append_message(store.parent, "assistant", "later answer")
+        ledger.append_message(store.branch, "assistant", "later branch answer")
+        newcomer = ledger.start_conversation(title="after the anchor")
+        ledger.append_message(newcomer, "user", "hello")
+        checkpoint = ledger.create_checkpoint(store.branch, CheckpointType.MANUAL, "again")
+        ledger.branch(checkpoint, "grandchild")
+        report = ledger.verify(anchor=anchor)
+        assert report.ok, report.breaks
+        assert report.conversations == 4
+        assert ledger.verify(store.branch, anchor=anchor).ok
+        newer = report.anchor()
+        assert len(newer["conversations"]) == 4
+        assert newer["conversations"][str(store.parent)]["position"] == store.parent_events + 1
+        assert ledger.verify(anchor=newer).ok
+    finally:
+        ledger.close()
+
+
+def test_anchor_checks_only_the_conversations_in_scope(store: Store) -> None:
+    """Verifying one conversation checks the anchored heads of its lineage only."""
+    anchor = _anchor(store)
+    _delete(store, store.branch, store.branch_events)
+    assert _breaks(store, store.parent, anchor=anchor) == []
+    assert [
+        (cid, position) for cid, position, _ in _breaks(store, store.branch, anchor=anchor)
+    ] == [(store.branch, store.branch_events)]
+
+
+def test_report_of_a_broken_store_cannot_be_anchored(store: Store) -> None:
+    _edit_text(store, store.parent, _position_of_text(store, store.parent, "msg 2"), "tampered")
+    ledger = Ledger(store.workspace)
+    try:
+        report = ledger.verify()
+        with pytest.raises(StoreError, match="broken"):
+            report.anchor()
+        with pytest.raises(StoreError):
+            anchor_of(ledger.store.recorder)
+    finally:
+        ledger.close()
+
+
+def test_unusable_anchor_is_a_typed_error(store: Store, tmp_path: Path) -> None:
+    ledger = Ledger(store.workspace)
+    try:
+        with pytest.raises(FileInputError, match="Cannot read anchor file"):
+            ledger.verify(anchor=tmp_path / "nowhere.json")
+        corrupt = tmp_path / "corrupt.json"
+        corrupt.write_text('{"format": "chatledger-anchor", "versi')
+        with pytest.raises(FileInputError, match="not valid JSON"):
+            ledger.verify(anchor=corrupt)
+        with pytest.raises(InvalidInput, match="format"):
+            ledger.verify(anchor={"conversations": {}})
+    finally:
+        ledger.close()
 
 
 # -- (e) the parent, the fork and the branch ---------------------------------------------
@@ -480,3 +642,99 @@ def test_cli_verify_names_the_deleted_position(
     code, output = _invoke_cli(monkeypatch, "verify", "-w", str(store.workspace))
     assert code == 1, output
     assert f"BROKEN conversation {store.parent} position 4: event missing" in output
+
+
+def test_cli_anchor_round_trip(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    anchor = store.workspace.parent / "anchor.json"
+    code, output = _invoke_cli(
+        monkeypatch, "verify", "-w", str(store.workspace), "--export-anchor", str(anchor)
+    )
+    assert code == 0, output
+    assert "Anchor of 2 heads written to" in output
+    heads = orjson.loads(anchor.read_bytes())["conversations"]
+    assert heads[str(store.parent)]["position"] == store.parent_events
+
+    code, output = _invoke_cli(
+        monkeypatch, "verify", "-w", str(store.workspace), "--anchor", str(anchor)
+    )
+    assert code == 0, output
+    assert "BROKEN" not in output
+
+    _delete(store, store.parent, store.parent_events)
+    # Without the anchor the truncation passes; with it, exit 1 naming the position.
+    assert _invoke_cli(monkeypatch, "verify", "-w", str(store.workspace))[0] == 0
+    broken = _run_cli("verify", "--workspace", str(store.workspace), "--anchor", str(anchor))
+    output = _normalised(broken)
+    assert broken.returncode == 1, output
+    position = store.parent_events
+    assert (
+        f"BROKEN conversation {store.parent} position {position}: "
+        f"truncated: anchored head {position} missing"
+    ) in output
+    assert str(store.branch) not in output
+    assert "Traceback" not in output
+
+    # A broken store is never anchored: exit 1 and no file written.
+    fresh = store.workspace.parent / "fresh.json"
+    code, output = _invoke_cli(
+        monkeypatch,
+        "verify",
+        "-w",
+        str(store.workspace),
+        "--anchor",
+        str(anchor),
+        "--export-anchor",
+        str(fresh),
+    )
+    assert code == 1, output
+    assert "anchor not exported" in output
+    assert not fresh.exists()
+
+
+def test_cli_forged_newest_event_against_anchor(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    anchor = store.workspace.parent / "anchor.json"
+    assert (
+        _run_cli("verify", "-w", str(store.workspace), "--export-anchor", str(anchor)).returncode
+        == 0
+    )
+    _forge(store, store.branch, store.branch_events, {"metadata": {"forged": True}})
+    code, output = _invoke_cli(
+        monkeypatch, "verify", "-w", str(store.workspace), "--anchor", str(anchor)
+    )
+    assert code == 1, output
+    assert (
+        f"BROKEN conversation {store.branch} position {store.branch_events}: "
+        f"event at anchored head {store.branch_events} differs from the anchor"
+    ) in output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(None, "Cannot read anchor file", id="missing"),
+        pytest.param(b"", "is not valid JSON", id="empty"),
+        pytest.param(b'{"format": "chatledger-anchor", "ver', "is not valid JSON", id="cut"),
+        pytest.param(b"[1, 2]", "must be a JSON object", id="not-an-object"),
+        pytest.param(b'{"format": "something-else"}', "is not a chatledger anchor", id="foreign"),
+        pytest.param(
+            b'{"format": "chatledger-anchor", "version": 1, "taken_at": "2024-01-01T00:00:00Z",'
+            b' "conversations": {"not-a-uuid": {"position": 1, "hash": "00"}}}',
+            "is not a conversation id",
+            id="bad-id",
+        ),
+    ],
+)
+def test_cli_unusable_anchor_exits_2(
+    store: Store, monkeypatch: pytest.MonkeyPatch, content: bytes | None, message: str
+) -> None:
+    anchor = store.workspace.parent / "anchor.json"
+    if content is not None:
+        anchor.write_bytes(content)
+    code, output = _invoke_cli(
+        monkeypatch, "verify", "-w", str(store.workspace), "--anchor", str(anchor)
+    )
+    assert code == 2, output
+    assert "error:" in output and message in output, output
+    assert "BROKEN" not in output
