@@ -31,8 +31,9 @@ from domain.errors import (
     NotFound,
     SnapshotNotFound,
 )
-from domain.events import ForkPoint
+from domain.events import ContextTrimmed, ForkPoint, ModelCalled
 from domain.hashing import GENESIS_HASH
+from domain.manifests import encode as encode_manifest
 from domain.messages import (
     DEFAULT_CATEGORY,
     Category,
@@ -681,12 +682,14 @@ class Ledger:
             follow()
             request = build_request(context, plan)
             call_id = new_id("call")
+            manifest = encode_manifest(request.message_ids, context.last_call)
             conversation.record_model_call(
                 call_id=call_id,
                 provider=provider,
                 model=model,
                 parameters={**self._window_parameters(), **(parameters or {})},
-                message_ids=request.message_ids,
+                manifest=manifest,
+                message_count=len(request.message_ids),
                 images_replaced=request.images_replaced,
                 request_hash=request.hash,
                 prompt_tokens=request.tokens,
@@ -725,13 +728,15 @@ class Ledger:
 
     def _context_from_log(self, cid: UUID, position: int, view: ViewState) -> SessionContext:
         segments = view.segments(cid, position)
+        records = self.read.documents(segments, (ContextTrimmed.TOPIC, ModelCalled.TOPIC))
         return SessionContext.from_log(
             cid,
             position,
             view.session.session_id,
             {pin.message_id for pin in view.pinned},
             self.read.transcript(segments),
-            self.read.trims(segments),
+            [doc for _, topic, _, doc in records if topic == ContextTrimmed.TOPIC],
+            [doc for _, topic, _, doc in records if topic == ModelCalled.TOPIC],
         )
 
     def context_at(

@@ -21,6 +21,7 @@ import orjson
 
 from domain import events
 from domain.context_window import ContextItem, ContextPlan, WindowConfig, select_context
+from domain.manifests import sent_ids
 from domain.messages import Category
 from projections.queries import message_row
 
@@ -65,6 +66,8 @@ class SessionContext:
     pinned_items: dict[str, ContextItem] = field(default_factory=dict)
     #: Order of arrival; a ContextItem's position (only the order matters to the policy).
     sequence: int = 0
+    #: The session's latest model call: its id and the ids it sent.
+    last_call: tuple[str, tuple[str, ...]] | None = None
 
     @classmethod
     def from_log(
@@ -75,6 +78,7 @@ class SessionContext:
         pinned_ids: set[str],
         transcript: Iterable[dict[str, Any]],
         trims: Iterable[dict[str, Any]],
+        calls: Iterable[dict[str, Any]] = (),
     ) -> SessionContext:
         trimmed = {
             message_id: trim["reason"]
@@ -88,7 +92,21 @@ class SessionContext:
             in_session = row["session_id"] == session_id or pinned
             if pinned or in_session:
                 context._enter(row, pinned, in_context=in_session and row["id"] not in trimmed)
+        for call in calls:
+            if call["session_id"] == session_id:
+                context._called(call)
         return context
+
+    def _called(self, call: dict[str, Any]) -> None:
+        known = dict([self.last_call]) if self.last_call else {}
+        ids = sent_ids(
+            call.get("message_ids", ()),
+            call.get("base_call_id"),
+            call.get("added_ids", ()),
+            call.get("removed_ids", ()),
+            known,
+        )
+        self.last_call = (call["call_id"], ids)
 
     def _enter(self, row: dict[str, Any], pinned: bool, *, in_context: bool = True) -> None:
         self.sequence += 1
@@ -125,12 +143,15 @@ class SessionContext:
                 self.rows = dict(self.pinned)
                 self.items_by_id = dict(self.pinned_items)
                 self.trimmed = {}
+                self.last_call = None
             self._enter(row, isinstance(event, events.MessageAppended) and event.pinned)
         elif isinstance(event, events.ContextTrimmed):
             for message_id in event.message_ids:
                 self.rows.pop(message_id, None)
                 self.items_by_id.pop(message_id, None)
                 self.trimmed[message_id] = event.reason
+        elif isinstance(event, events.ModelCalled):
+            self._called(event.document())
         elif isinstance(event, events.ViewReplaced | events.ConversationStarted):
             self.stale = True
 

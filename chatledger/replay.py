@@ -17,6 +17,7 @@ from chatledger.providers import ChunkCallback, ModelReply, Provider, ToolCall
 from domain.checkpoints import CheckpointConfig
 from domain.errors import ChatledgerError, InvalidInput
 from domain.events import ModelCalled, ModelResponded
+from domain.manifests import sent_ids
 
 
 class ReplayMismatch(ChatledgerError):
@@ -50,9 +51,17 @@ def recorded_calls(ledger: Ledger, conversation_id: str | UUID) -> list[Recorded
         if topic == ModelResponded.TOPIC
     }
     calls: list[RecordedCall] = []
+    known: dict[str, tuple[str, ...]] = {}
     for stream_id, topic, position, doc in documents:
         if topic != ModelCalled.TOPIC:
             continue
+        known[doc["call_id"]] = sent_ids(
+            doc.get("message_ids", ()),
+            doc.get("base_call_id"),
+            doc.get("added_ids", ()),
+            doc.get("removed_ids", ()),
+            known,
+        )
         answer = rows.get(answers.get(doc["call_id"]) or "")
         calls.append(
             RecordedCall(
@@ -60,7 +69,7 @@ def recorded_calls(ledger: Ledger, conversation_id: str | UUID) -> list[Recorded
                 stream_id=stream_id,
                 position=position,
                 request_hash=doc["request_hash"],
-                message_ids=tuple(doc["message_ids"]),
+                message_ids=known[doc["call_id"]],
                 parameters=doc.get("parameters", {}),
                 reply=_reply_of(answer) if answer else None,
             )

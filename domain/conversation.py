@@ -15,6 +15,7 @@ from eventsourcing.utils import get_topic, register_topic, resolve_topic
 from domain import events
 from domain.checkpoints import CheckpointType
 from domain.errors import InvalidInput
+from domain.manifests import ManifestRecord
 from domain.messages import Category, ContentPart, Immutable, Role
 from domain.view import ViewState
 
@@ -279,7 +280,8 @@ class Conversation(BaseAggregate[UUID]):
         provider: str,
         model: str,
         parameters: dict[str, Any],
-        message_ids: tuple[str, ...],
+        manifest: ManifestRecord,
+        message_count: int,
         images_replaced: tuple[str, ...],
         request_hash: str,
         prompt_tokens: int,
@@ -292,8 +294,13 @@ class Conversation(BaseAggregate[UUID]):
             call_id=call_id,
             provider=provider,
             model=model,
+            session_id=self.session_id,
             parameters=parameters,
-            message_ids=message_ids,
+            message_count=message_count,
+            message_ids=manifest.message_ids,
+            base_call_id=manifest.base_call_id,
+            added_ids=manifest.added_ids,
+            removed_ids=manifest.removed_ids,
             images_replaced=images_replaced,
             request_hash=request_hash,
             prompt_tokens=prompt_tokens,

@@ -288,15 +288,26 @@ class ContextTrimmed(ConversationEvent):
 
 
 class ModelCalled(ConversationEvent):
-    """What was sent to a model: the messages, in order, and a hash of the exact request."""
+    """What was sent to a model: the messages, in order, and a hash of the exact request.
+
+    The ordered message ids are recorded in full for a session's first call, and otherwise
+    as a change to the session's previous call (`base_call_id`): its ids without
+    `removed_ids`, then `added_ids`. A window holds hundreds of messages, so recording them
+    in full every turn would make the log grow with the window at every turn.
+    `domain.manifests.sent_ids` rebuilds the full list."""
 
     TOPIC = "chatledger:ModelCalled"
 
     call_id: str
+    session_id: str
     provider: str
     model: str
     parameters: dict[str, Any] = Field(default_factory=dict)
-    message_ids: tuple[str, ...]
+    message_count: int
+    message_ids: tuple[str, ...] = ()
+    base_call_id: str | None = None
+    added_ids: tuple[str, ...] = ()
+    removed_ids: tuple[str, ...] = ()
     images_replaced: tuple[str, ...] = ()
     request_hash: str
     prompt_tokens: int

@@ -91,7 +91,7 @@ class TokenUsage(Projection):
                 event.timestamp.isoformat(),
                 event.provider,
                 event.model,
-                len(event.message_ids),
+                event.message_count,
                 event.prompt_tokens,
                 event.request_hash,
                 event.idempotency_key,

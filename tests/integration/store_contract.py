@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from chatledger import CheckpointConfig, CheckpointType, ConversationManager, InvalidInput
-from domain.events import ModelCalled
+from chatledger.replay import recorded_calls
 
 
 class PenguinClient:
@@ -393,15 +393,13 @@ class StoreContract:
         ledger = manager.ledger
         calls = 0
         for conversation in manager.list_conversations():
-            cid = UUID(conversation["id"])
-            for event in ledger.store.events.get(cid):
-                if isinstance(event, ModelCalled):
-                    replayed = ledger.context_at(cid, event.originator_version)
-                    assert tuple(m["id"] for m in replayed["sent"]) == event.message_ids
-                    assert replayed["request_hash"] == event.request_hash
-                    assert replayed["tokens"] == event.prompt_tokens
-                    calls += 1
-        assert calls == 13
+            for call in recorded_calls(ledger, conversation["id"]):
+                replayed = ledger.context_at(call.stream_id, call.position)
+                assert tuple(m["id"] for m in replayed["sent"]) == call.message_ids
+                assert replayed["request_hash"] == call.request_hash
+                calls += 1
+        # 10 parent turns + 3 branch turns, the branch also seeing the parent's first 5.
+        assert calls == 18
 
     async def test_a_message_larger_than_the_window_is_refused_before_anything_is_written(
         self, workspace: Path

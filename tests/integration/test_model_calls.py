@@ -155,3 +155,22 @@ def test_an_api_client_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidInput, match="get_response"):
         ConversationManager(workspace_path=tmp_path, api_client=object())
+
+
+async def test_a_call_records_its_messages_as_a_change_to_the_previous_call(
+    tmp_path: Path,
+) -> None:
+    manager = ConversationManager(workspace_path=tmp_path, system_prompt="S")
+    for index in range(30):
+        await manager.process_message(f"question {index}")
+    calls = events_of(manager, events.ModelCalled)
+    first, last = calls[0], calls[-1]
+    assert first.message_ids and first.base_call_id is None
+    # Later calls name the previous call and only what changed: the last answer and question.
+    assert last.base_call_id == calls[-2].call_id and not last.message_ids
+    assert len(last.added_ids) == 2 and last.removed_ids == ()
+    assert last.message_count == 1 + 2 * 29 + 1
+    from chatledger.replay import recorded_calls
+
+    rebuilt = recorded_calls(manager.ledger, manager.get_conversation_id())[-1].message_ids
+    assert rebuilt == tuple(m["id"] for m in manager.get_history()[:-1])
