@@ -68,6 +68,8 @@ class SessionContext:
     sequence: int = 0
     #: The session's latest model call: its id and the ids it sent.
     last_call: tuple[str, tuple[str, ...]] | None = None
+    #: Request form and canonical bytes of messages already sent, by (id, image replaced).
+    built: dict[tuple[str, bool], tuple[dict[str, Any], bytes]] = field(default_factory=dict)
 
     @classmethod
     def from_log(
@@ -144,11 +146,14 @@ class SessionContext:
                 self.items_by_id = dict(self.pinned_items)
                 self.trimmed = {}
                 self.last_call = None
+                self.built = {}
             self._enter(row, isinstance(event, events.MessageAppended) and event.pinned)
         elif isinstance(event, events.ContextTrimmed):
             for message_id in event.message_ids:
                 self.rows.pop(message_id, None)
                 self.items_by_id.pop(message_id, None)
+                self.built.pop((message_id, False), None)
+                self.built.pop((message_id, True), None)
                 self.trimmed[message_id] = event.reason
         elif isinstance(event, events.ModelCalled):
             self._called(event.document())
@@ -211,17 +216,29 @@ class ModelRequest:
     images_replaced: tuple[str, ...]
     messages: list[dict[str, Any]]
     tokens: int
+    #: Each message's canonical bytes, when the builder had them already.
+    encoded: list[bytes] | None = None
 
     @property
     def hash(self) -> str:
-        return request_hash(self.messages)
+        if self.encoded is None:
+            return request_hash(self.messages)
+        return _hash_of(self.encoded)
+
+
+def _canonical(message: dict[str, Any]) -> bytes:
+    return orjson.dumps(_without_paths(message), option=orjson.OPT_SORT_KEYS)
+
+
+def _hash_of(encoded: list[bytes]) -> str:
+    # The bytes orjson gives for the whole list: "[" + ",".join(items) + "]".
+    return hashlib.sha256(b"[" + b",".join(encoded) + b"]").hexdigest()
 
 
 def request_hash(messages: list[dict[str, Any]]) -> str:
     """sha256 of a request. Images enter it by their sha256, not by their bytes or where they
     lie on disk, so the same conversation replayed elsewhere hashes the same."""
-    hashed = [_without_paths(message) for message in messages]
-    return hashlib.sha256(orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _hash_of([_canonical(message) for message in messages])
 
 
 def inline_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -256,7 +273,16 @@ def _inline_images(message: dict[str, Any]) -> dict[str, Any]:
 
 def build_request(context: SessionContext, plan: ContextPlan) -> ModelRequest:
     replaced = set(plan.images_replaced)
-    messages = [
-        _model_message(context.rows[message_id], message_id in replaced) for message_id in plan.kept
-    ]
-    return ModelRequest(plan.kept, plan.images_replaced, messages, plan.total_tokens)
+    messages: list[dict[str, Any]] = []
+    encoded: list[bytes] = []
+    for message_id in plan.kept:
+        # Rows never change, so a message's request form and bytes are made once per turn
+        # it is new in (a turn re-sends hundreds of them).
+        key = (message_id, message_id in replaced)
+        if key not in context.built:
+            message = _model_message(context.rows[message_id], key[1])
+            context.built[key] = (message, _canonical(message))
+        message, data = context.built[key]
+        messages.append(message)
+        encoded.append(data)
+    return ModelRequest(plan.kept, plan.images_replaced, messages, plan.total_tokens, encoded)
