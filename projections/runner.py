@@ -138,35 +138,38 @@ class ProjectionRunner:
         )
 
     def catch_up(self) -> int:
-        """Applies every notification not yet applied; returns how many were applied."""
+        """Applies every notification not yet applied, a batch per transaction; returns how
+        many were applied."""
         applied = 0
         while True:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                position = self.position()
-                notifications = self.recorder.select_notifications(
-                    start=position + 1, limit=BATCH_SIZE
-                )
-                if not notifications:
-                    self.db.execute("ROLLBACK")
-                    return applied
-                cursor = self.db.cursor()
-                self._apply(cursor, ((self.mapper.to_domain_event(n), n.id) for n in notifications))
-                cursor.execute("UPDATE projection_tracking SET position=?", (notifications[-1].id,))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            applied += len(notifications)
+            with self._transaction() as cursor:
+                batch = self._apply_next_batch(cursor)
+            if not batch:
+                return applied
+            applied += batch
 
     def rebuild(self) -> int:
-        """Drops every projection and replays the whole log into fresh tables."""
+        """Drops every projection and replays the whole log into fresh tables, in one
+        transaction: readers keep seeing the old tables until the new ones are complete."""
+        applied = 0
         with self._transaction() as cursor:
             for projection in self.projections:
                 projection.drop(cursor)
                 projection.create(cursor)
             cursor.execute("UPDATE projection_tracking SET position=0")
-        return self.catch_up()
+            while batch := self._apply_next_batch(cursor):
+                applied += batch
+        return applied
+
+    def _apply_next_batch(self, cursor: sqlite3.Cursor) -> int:
+        position = int(
+            cursor.execute("SELECT MIN(position) FROM projection_tracking").fetchone()[0] or 0
+        )
+        notifications = self.recorder.select_notifications(start=position + 1, limit=BATCH_SIZE)
+        if notifications:
+            self._apply(cursor, ((self.mapper.to_domain_event(n), n.id) for n in notifications))
+            cursor.execute("UPDATE projection_tracking SET position=?", (notifications[-1].id,))
+        return len(notifications)
 
     def _apply(self, cursor: sqlite3.Cursor, batch: Iterable[tuple[Any, int]]) -> None:
         for event, notification_id in batch:
