@@ -5,9 +5,13 @@ ConversationManager (Penguin's API) is a thin layer over this; the CLI and tests
 
 from __future__ import annotations
 
+import fcntl
 import json
+import random
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,7 +61,11 @@ from projections.queries import CheckpointRow, ReadModel, message_row
 from projections.runner import ProjectionRunner
 
 T = TypeVar("T")
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 30
+#: Held by every command from deciding to saving (see _run).
+WRITER_LOCK_FILE = "chatledger.lock"
+#: First pause (seconds) before deciding again after a conflict; doubles, capped at 50 ms.
+CONFLICT_BACKOFF = 0.001
 #: Largest message accepted, in bytes of its stored JSON parts (images are files, not counted).
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 #: Seconds between two runs of the age-based retention rules for one conversation.
@@ -167,7 +175,8 @@ class _Batch:
 
     def get(self, conversation_id: UUID) -> Conversation:
         if conversation_id not in self.aggregates:
-            self.aggregates[conversation_id] = self.store.conversation(conversation_id)
+            # Fresh: under the writer lock nobody on this host can append meanwhile.
+            self.aggregates[conversation_id] = self.store.conversation(conversation_id, fresh=True)
         return self.aggregates[conversation_id]
 
     def add(self, conversation: Conversation) -> Conversation:
@@ -246,6 +255,7 @@ class Ledger:
         self._contexts: OrderedDict[UUID, SessionContext] = OrderedDict()
         self._context_cache_size = max(1, cache_size)
         self.tokens = tokenizer or tokenizer_for(None)
+        self._lock_file = (self.workspace / WRITER_LOCK_FILE).open("a")
         self.db = open_projection_connection(path)
         self.store = open_event_store(path, cache_size)
         self.read = ReadModel(self.db)
@@ -256,16 +266,25 @@ class Ledger:
     def close(self) -> None:
         self.store.close()
         self.db.close()
+        self._lock_file.close()
 
     # -- the command loop ----------------------------------------------------------------
     def _run(self, decide: Callable[[_Batch], T]) -> T:
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             batch = _Batch(self.store)
             try:
-                result = decide(batch)
-                recordings = self.store.save_conversations(*batch.aggregates.values())
+                # Decide and save while holding the workspace's writer lock: SQLite has one
+                # writer at a time anyway, and deciding inside the lock means processes on
+                # this host never lose the race for a conversation's next position. (Writers
+                # elsewhere, on a shared database, still meet optimistic concurrency.)
+                with self._writer_lock():
+                    result = decide(batch)
+                    recordings = self.store.save_conversations(*batch.aggregates.values())
             except RecordConflictError:
+                # Another writer got there first: decide again on fresh state, after a short
+                # random pause so that writers racing for one conversation spread out.
                 self._forget(batch)
+                time.sleep(min(CONFLICT_BACKOFF * 2**attempt, 0.05) * random.random())
                 continue
             except BaseException:
                 self._forget(batch)
@@ -279,6 +298,14 @@ class Ledger:
             f"Gave up after {MAX_ATTEMPTS} attempts: other writers kept appending to the same "
             "conversation. Retry the call."
         )
+
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def _forget(self, batch: _Batch) -> None:
         for conversation_id in batch.aggregates:

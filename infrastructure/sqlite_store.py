@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 from pathlib import Path
 
 from domain.errors import StoreError, WorkspaceError
@@ -39,7 +41,9 @@ def check_database_file(path: Path) -> None:
                 f"{path} is not a SQLite database; move it aside or pick another workspace."
             )
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # Read-write (never create): a crash during a first write can leave a hot journal,
+        # which only a connection that may write can roll back. Nothing here writes.
+        connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=LOCK_TIMEOUT)
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
             version = None
@@ -70,10 +74,30 @@ def open_event_store(path: Path, cache_size: int) -> EventStore:
         {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(path),
-            "SQLITE_LOCK_TIMEOUT": "30",
+            "SQLITE_LOCK_TIMEOUT": str(int(LOCK_TIMEOUT)),
             "AGGREGATE_CACHE_MAXSIZE": str(max(1, cache_size)),
         }
     )
+
+
+#: Seconds a connection waits for another process's lock before giving up.
+LOCK_TIMEOUT = 30.0
+
+
+def _switch_to_wal(connection: sqlite3.Connection, path: Path) -> None:
+    """Switching a new file to WAL while another process writes it fails at once with
+    "database is locked" (SQLite does not wait on its busy timeout there), so wait here."""
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    delay = 0.001
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise StoreError(f"Cannot open {path}: {error}.") from error
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
 
 
 #: A chat message event is about 2 KB: on 4 KB pages a third of every leaf page stays empty.
@@ -83,9 +107,11 @@ PAGE_SIZE = 16384
 def open_projection_connection(path: Path) -> sqlite3.Connection:
     """Opens (creating if new) the database; call it before the event store opens the file,
     since the page size can only be chosen before the first table exists."""
-    connection = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    connection = sqlite3.connect(
+        path, isolation_level=None, timeout=LOCK_TIMEOUT, check_same_thread=False
+    )
     connection.execute(f"PRAGMA page_size={PAGE_SIZE}")
-    connection.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(connection, path)
     # Projections are rebuildable from the log, so their commits skip the fsync.
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute(
