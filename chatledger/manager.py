@@ -7,7 +7,6 @@ ChatledgerError."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from uuid import UUID
 from chatledger.ledger import DEFAULT_MAX_MESSAGE_BYTES, Ledger, PreparedTurn, content_parts
 from chatledger.message import Message
 from chatledger.provider_selection import config_value, select_provider
-from chatledger.providers import ChunkCallback, ModelReply, Provider, ProviderError
+from chatledger.providers import ChunkCallback, ModelReply, Provider, ProviderError, deliver
 from domain.checkpoints import CheckpointConfig, CheckpointType
 from domain.context_window import WindowConfig
 from domain.errors import FileInputError, InvalidInput, NotFound
@@ -216,9 +215,7 @@ class ConversationManager:
         async def relay(chunk: str) -> None:
             delivered.append(chunk)
             if on_chunk is not None:
-                result = on_chunk(chunk)
-                if inspect.isawaitable(result):
-                    await result
+                await deliver(on_chunk, chunk)
 
         for attempt in range(1, self.max_attempts + 1):
             started = time.perf_counter()

@@ -6,6 +6,7 @@ ModelReply. Failures are ProviderErrors that say whether retrying can help."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -14,6 +15,13 @@ from domain.errors import ChatledgerError
 
 #: Called with each chunk of streamed text as it arrives; may be a coroutine function.
 ChunkCallback = Callable[[str], Awaitable[None] | None]
+
+
+async def deliver(on_chunk: ChunkCallback, chunk: str) -> None:
+    """Passes a chunk to a callback that may be a plain or a coroutine function."""
+    result = on_chunk(chunk)
+    if inspect.isawaitable(result):
+        await result
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from chatledger.ledger import Ledger
 from chatledger.model_context import request_hash
-from chatledger.providers import ChunkCallback, ModelReply, Provider, ToolCall
+from chatledger.providers import ChunkCallback, ModelReply, Provider, ToolCall, deliver
 from domain.checkpoints import CheckpointConfig
 from domain.errors import ChatledgerError, InvalidInput
 from domain.events import ModelCalled, ModelResponded
@@ -129,9 +129,7 @@ class ReplayProvider:
         if recorded.reply is None:
             raise ReplayMismatch(f"Turn {recorded.turn} was recorded without an answer.")
         if on_chunk is not None and recorded.reply.text:
-            result = on_chunk(recorded.reply.text)
-            if result is not None:
-                await result
+            await deliver(on_chunk, recorded.reply.text)
         return recorded.reply
 
     def _difference(self, recorded: RecordedCall, messages: list[dict[str, Any]]) -> str:

@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from chatledger.providers import ChunkCallback, ModelReply
+from chatledger.providers import ChunkCallback, ModelReply, deliver
 
 _OPENERS = (
     "Noted.",
@@ -49,9 +49,7 @@ class OfflineModel:
         if on_chunk is not None:
             words = text.split(" ")
             for index, word in enumerate(words):
-                result = on_chunk(word if index == len(words) - 1 else word + " ")
-                if result is not None:
-                    await result
+                await deliver(on_chunk, word if index == len(words) - 1 else word + " ")
         return ModelReply(text, stop_reason="stop")
 
 

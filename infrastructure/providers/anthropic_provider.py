@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
-import inspect
 import json
 import os
 import time
@@ -46,7 +45,7 @@ from typing import Any
 import anthropic
 from anthropic import AsyncAnthropic
 
-from chatledger.providers import ChunkCallback, ModelReply, ProviderError, ToolCall
+from chatledger.providers import ChunkCallback, ModelReply, ProviderError, ToolCall, deliver
 from domain.errors import InvalidInput
 
 #: Sent as the API key when a base_url is given and no key is found (local gateways, fakes).
@@ -189,9 +188,7 @@ class AnthropicProvider:
                     ) from error
                 chunk = state.apply(event)
                 if chunk:
-                    result = on_chunk(chunk)
-                    if inspect.isawaitable(result):
-                        await result
+                    await deliver(on_chunk, chunk)
         finally:
             await stream.close()
         if not state.stopped:

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import email.utils
 import http
-import inspect
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from urllib.parse import urlsplit
 import openai
 from openai import AsyncOpenAI
 
-from chatledger.providers import ChunkCallback, ModelReply, ProviderError, ToolCall
+from chatledger.providers import ChunkCallback, ModelReply, ProviderError, ToolCall, deliver
 
 MaxTokensField = Literal["max_completion_tokens", "max_tokens"]
 
@@ -156,9 +155,7 @@ class OpenAIProvider:
                 except (AttributeError, TypeError, ValueError) as exc:
                     raise self._interrupted(state, exc) from exc
                 if text:
-                    result = on_chunk(text)
-                    if inspect.isawaitable(result):
-                        await result
+                    await deliver(on_chunk, text)
         finally:
             with contextlib.suppress(Exception):  # never hide why the stream ended
                 await stream.close()
