@@ -5,7 +5,7 @@ optimistic concurrency on (stream, position) and gives every event a notificatio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from typing import Any, ClassVar
 from uuid import UUID
@@ -22,6 +22,15 @@ from infrastructure.projecting_recorder import ProjectingSQLiteRecorder
 #: Snapshot every this many events, so loading the write model (and "state at position N")
 #: replays at most this many events, whatever the history length.
 SNAPSHOT_INTERVAL = 50
+
+
+def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
+    """Folds events into the aggregate. The library's default projector checks every event
+    against a runtime Protocol, which costs more than applying it; ours are all
+    ConversationEvents."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 class EventStore(Application[UUID]):
@@ -69,7 +78,9 @@ class EventStore(Application[UUID]):
         self, conversation_id: UUID, version: int | None = None, *, fresh: bool = False
     ) -> Conversation:
         try:
-            aggregate: Conversation = self.repository.get(conversation_id, version=version)
+            aggregate: Conversation = self.repository.get(
+                conversation_id, version=version, projector_func=_replay
+            )
         except AggregateNotFoundError:
             raise ConversationNotFound(f"No conversation with id {conversation_id}.") from None
         if fresh and version is None:
