@@ -171,12 +171,15 @@ class _Batch:
     together if the command fails."""
 
     store: Any
+    #: Whether cached aggregates must first catch up with other writers' events.
+    fresh: bool = True
     aggregates: dict[UUID, Conversation] = field(default_factory=dict)
 
     def get(self, conversation_id: UUID) -> Conversation:
         if conversation_id not in self.aggregates:
-            # Fresh: under the writer lock nobody on this host can append meanwhile.
-            self.aggregates[conversation_id] = self.store.conversation(conversation_id, fresh=True)
+            self.aggregates[conversation_id] = self.store.conversation(
+                conversation_id, fresh=self.fresh
+            )
         return self.aggregates[conversation_id]
 
     def add(self, conversation: Conversation) -> Conversation:
@@ -256,6 +259,8 @@ class Ledger:
         self._context_cache_size = max(1, cache_size)
         self.tokens = tokenizer or tokenizer_for(None)
         self._lock_file = (self.workspace / WRITER_LOCK_FILE).open("a")
+        #: data_version seen right after this Ledger's last save (None: unknown).
+        self._last_data_version: int | None = None
         self.db = open_projection_connection(path)
         self.store = open_event_store(path, cache_size)
         self.read = ReadModel(self.db)
@@ -271,15 +276,18 @@ class Ledger:
     # -- the command loop ----------------------------------------------------------------
     def _run(self, decide: Callable[[_Batch], T]) -> T:
         for attempt in range(MAX_ATTEMPTS):
-            batch = _Batch(self.store)
             try:
                 # Decide and save while holding the workspace's writer lock: SQLite has one
                 # writer at a time anyway, and deciding inside the lock means processes on
                 # this host never lose the race for a conversation's next position. (Writers
                 # elsewhere, on a shared database, still meet optimistic concurrency.)
                 with self._writer_lock():
+                    # Cached aggregates catch up first unless nobody else has committed since
+                    # this Ledger's last save (SQLite's data_version says so, cheaply).
+                    batch = _Batch(self.store, fresh=self._others_committed())
                     result = decide(batch)
                     recordings = self.store.save_conversations(*batch.aggregates.values())
+                    self._last_data_version = self._data_version()
             except RecordConflictError:
                 # Another writer got there first: decide again on fresh state, after a short
                 # random pause so that writers racing for one conversation spread out.
@@ -299,6 +307,12 @@ class Ledger:
             "conversation. Retry the call."
         )
 
+    def _data_version(self) -> int:
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _others_committed(self) -> bool:
+        return self._last_data_version != self._data_version()
+
     @contextmanager
     def _writer_lock(self) -> Iterator[None]:
         fcntl.flock(self._lock_file, fcntl.LOCK_EX)
@@ -308,6 +322,7 @@ class Ledger:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def _forget(self, batch: _Batch) -> None:
+        self._last_data_version = None
         for conversation_id in batch.aggregates:
             self.store.forget(conversation_id)
             self._contexts.pop(conversation_id, None)
