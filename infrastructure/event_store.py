@@ -21,7 +21,7 @@ from infrastructure.projecting_recorder import ProjectingSQLiteRecorder
 
 #: Snapshot every this many events, so loading the write model (and "state at position N")
 #: replays at most this many events, whatever the history length.
-SNAPSHOT_INTERVAL = 50
+SNAPSHOT_INTERVAL = 25
 
 
 def _replay(aggregate: Any, events: Iterable[Any]) -> Any:
