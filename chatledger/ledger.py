@@ -224,8 +224,15 @@ class AppendedMessage:
     conversation_id: UUID
     message_id: str
     position: int
-    #: The message as a transcript row (what history() will show for it).
-    row: dict[str, Any]
+    event: Any
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The message as a transcript row (what history() will show for it), built only
+        when asked: most appends never need it."""
+        return message_row(
+            self.event.TOPIC, self.position, str(self.conversation_id), self.event.document()
+        )
 
 
 class Ledger:
@@ -432,16 +439,12 @@ class Ledger:
             timestamp=now,
             metadata=metadata,
         )
-        event = conversation.pending_events[-1]
-        row = message_row(
-            event.TOPIC,  # type: ignore[attr-defined]
-            event.originator_version,
-            str(conversation.id),
-            event.document(),  # type: ignore[attr-defined]
+        appended = AppendedMessage(
+            conversation.id, message_id, conversation.version, conversation.pending_events[-1]
         )
         if auto_checkpoint_due(self.config, conversation.view.eligible_since_auto_checkpoint):
             self._checkpoint(conversation, CheckpointType.AUTO, None, None, now)
-        return AppendedMessage(conversation.id, message_id, row["position"], row)
+        return appended
 
     def _start_session(self, conversation: Conversation, reason: str, now: datetime) -> None:
         previous = conversation.view.session
@@ -585,7 +588,7 @@ class Ledger:
             branch = batch.add(
                 Conversation.start(
                     conversation_id=branch_id,
-                    view=self.view_at(parent_id, position).cut(parent_id, position, branch_id, 2),
+                    view=self.view_at(parent_id, position).cut(parent_id, position, 2),
                     prev_hash=orjson.loads(fork_event.state)["hash"],
                     timestamp=now,
                     title=title,
@@ -698,20 +701,19 @@ class Ledger:
             for file in files:
                 self._append_context(conversation, file)
             follow()
-            # Everything trimming cannot remove (SYSTEM messages, the newest user message) is
-            # carried by a new session too, so a new session cannot fit what trimming cannot:
-            # such a turn is refused here, before anything is written.
-            untrimmable = self._untrimmable_tokens(context, user_tokens)
-            if untrimmable > self.window.usable:
-                raise InvalidInput(
-                    f"This turn cannot fit the model's usable window of {self.window.usable} "
-                    f"tokens even after trimming: the message needs {user_tokens} and the "
-                    f"SYSTEM messages {untrimmable - user_tokens}. Shorten it, or use a model "
-                    "with a larger window."
-                )
             appended = self._append(conversation, Role.USER, parts, None, {})
             follow()
             plan = context.plan(self.window)
+            if not plan.fits:
+                # What trimming cannot remove (SYSTEM messages, the newest user message, their
+                # tool partners) a new session carries too, so a new session would not fit it
+                # either. Raising here saves nothing: the turn is refused whole.
+                raise InvalidInput(
+                    f"This turn cannot fit the model's usable window of {self.window.usable} "
+                    f"tokens even after trimming: the message needs {user_tokens}, and what "
+                    f"cannot be trimmed {plan.total_tokens} in all. Shorten it, or use a model "
+                    "with a larger window."
+                )
             for category, trims in _by_category(plan.trimmed).items():
                 conversation.trim_context(
                     message_ids=tuple(t.message_id for t in trims),
@@ -750,12 +752,6 @@ class Ledger:
             "max_messages_per_session": self.max_messages_per_session,
             "tokenizer": self.tokens.describe(),
         }
-
-    @staticmethod
-    def _untrimmable_tokens(context: SessionContext, user_tokens: int) -> int:
-        return user_tokens + sum(
-            row["tokens"] for row in context.rows.values() if row["category"] == "SYSTEM"
-        )
 
     def _session_context(self, conversation: Conversation) -> SessionContext:
         cached = self._contexts.get(conversation.id)

@@ -18,7 +18,7 @@ from chatledger.message import Message
 from chatledger.provider_selection import config_value, select_provider
 from chatledger.providers import ChunkCallback, ModelReply, Provider, ProviderError, deliver
 from domain.checkpoints import CheckpointConfig, CheckpointType
-from domain.context_window import WindowConfig
+from domain.context_window import ContextItem, WindowConfig, fits_system
 from domain.errors import FileInputError, InvalidInput, NotFound
 from domain.messages import Category
 from infrastructure.files import list_context_files
@@ -72,7 +72,8 @@ class ConversationManager:
             if (system_prompt.strip())
             else 0
         )
-        if prompt_tokens > self.ledger.window.usable:
+        prompt = ContextItem("system prompt", Category.SYSTEM, prompt_tokens, 0, "system")
+        if not fits_system([prompt], self.ledger.window):
             self.ledger.close()
             raise InvalidInput(
                 f"The system prompt needs {prompt_tokens} tokens but the usable window holds "

@@ -199,7 +199,7 @@ class Conversation(BaseAggregate[UUID]):
 
     def _resolved(self, view_at_target: ViewState, target_position: int) -> ViewState:
         # The replacing event lands at version+1; the view continues right after it.
-        return view_at_target.cut(self.id, target_position, self.id, self.version + 2)
+        return view_at_target.cut(self.id, target_position, self.version + 2)
 
     def _check_position(self, position: int) -> None:
         if not 1 <= position <= self.version:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,10 +84,3 @@ def text_of(parts: tuple[ContentPart, ...]) -> str:
         elif isinstance(part, ToolResultPart):
             texts.append(part.content)
     return "\n".join(texts)
-
-
-def parts_as_content(parts: tuple[ContentPart, ...]) -> str | list[dict[str, Any]]:
-    """Penguin's shape: a plain string for one text part, a list of part dicts otherwise."""
-    if len(parts) == 1 and isinstance(parts[0], TextPart):
-        return parts[0].text
-    return [part.model_dump() for part in parts]

@@ -81,8 +81,9 @@ class ViewState(Immutable):
         own = Segment(conversation_id=conversation_id, first=self.open_from, last=head)
         return (*self.closed, own) if head >= self.open_from else self.closed
 
-    def cut(self, conversation_id: UUID, position: int, continue_in: UUID, from_: int) -> ViewState:
-        """This view frozen at `position`, continuing in stream `continue_in` at `from_`."""
+    def cut(self, conversation_id: UUID, position: int, from_: int) -> ViewState:
+        """This view frozen at `position`; the stream that owns the result contributes
+        everything from `from_` on."""
         return self.model_copy(
             update={"closed": self.segments(conversation_id, position), "open_from": from_}
         )
