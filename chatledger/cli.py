@@ -18,6 +18,7 @@ from chatledger.providers import Provider
 from chatledger.replay import ReplayMismatch, replay
 from domain.errors import ChatledgerError, ConversationNotFound
 from infrastructure.sqlite_store import DB_FILE
+from infrastructure.stores import database_url_from
 
 
 def id_column() -> Column:
@@ -41,7 +42,8 @@ def _workspace(workspace: Path | None) -> Path:
 def _ledger(workspace: Path | None) -> Ledger:
     """Opens an existing store; reading commands never create one where there is none."""
     path = _workspace(workspace)
-    if not path.is_file() and not (path / DB_FILE).exists():
+    on_sqlite = database_url_from(None) is None
+    if on_sqlite and not path.is_file() and not (path / DB_FILE).exists():
         console.print(f"[red]error:[/red] no chatledger store in {path} (run a chat there first).")
         raise typer.Exit(2)
     try:

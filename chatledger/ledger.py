@@ -5,13 +5,11 @@ ConversationManager (Penguin's API) is a thin layer over this; the CLI and tests
 
 from __future__ import annotations
 
-import fcntl
 import json
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,12 +47,7 @@ from domain.messages import (
 from domain.retention import CheckpointRecord, checkpoints_to_prune
 from domain.view import ViewState
 from infrastructure.files import ContextFile, read_context_file, read_image
-from infrastructure.sqlite_store import (
-    check_database_file,
-    open_event_store,
-    open_projection_connection,
-    prepare_workspace,
-)
+from infrastructure.stores import open_store
 from infrastructure.token_counting import DEFAULT_CONTEXT_WINDOW, ModelTokenizer, tokenizer_for
 from infrastructure.verification import VerificationReport, verify
 from projections.queries import CheckpointRow, ReadModel, message_row
@@ -62,8 +55,6 @@ from projections.runner import ProjectionRunner
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 30
-#: Held by every command from deciding to saving (see _run).
-WRITER_LOCK_FILE = "chatledger.lock"
 #: First pause (seconds) before deciding again after a conflict; doubles, capped at 50 ms.
 CONFLICT_BACKOFF = 0.001
 #: Largest message accepted, in bytes of its stored JSON parts (images are files, not counted).
@@ -247,15 +238,17 @@ class Ledger:
         window: WindowConfig | None = None,
         tokenizer: ModelTokenizer | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        database_url: str | None = None,
     ) -> None:
+        """Opens the store: the workspace's SQLite file, or the PostgreSQL database named by
+        `database_url` (default: the CHATLEDGER_DATABASE_URL variable). The workspace also
+        holds context files named by relative paths."""
         if max_messages_per_session < 1:
             raise InvalidInput("max_messages_per_session must be at least 1.")
         if max_message_bytes < 1:
             raise InvalidInput("max_message_bytes must be at least 1.")
         self.max_message_bytes = max_message_bytes
         self.workspace = Path(workspace).expanduser()
-        path = prepare_workspace(self.workspace)
-        check_database_file(path)
         self.config = checkpoint_config or CheckpointConfig()
         self.max_messages_per_session = max_messages_per_session
         self.clock = clock
@@ -265,36 +258,33 @@ class Ledger:
         self._contexts: OrderedDict[UUID, SessionContext] = OrderedDict()
         self._context_cache_size = max(1, cache_size)
         self.tokens = tokenizer or tokenizer_for(None)
-        self._lock_file = (self.workspace / WRITER_LOCK_FILE).open("a")
-        #: data_version seen right after this Ledger's last save (None: unknown).
-        self._last_data_version: int | None = None
-        self.db = open_projection_connection(path)
-        self.store = open_event_store(path, cache_size)
-        self.read = ReadModel(self.db)
-        self.projections = ProjectionRunner(self.db, self.store.recorder, self.store.mapper)
-        self.projections.catch_up_or_rebuild()
+        self.db, self.store = open_store(self.workspace, database_url, cache_size)
+        try:
+            self.read = ReadModel(self.db)
+            self.projections = ProjectionRunner(self.db, self.store.recorder, self.store.mapper)
+            self.projections.catch_up_or_rebuild()
+        except BaseException:
+            self.close()
+            raise
         self.store.projector = self.projections.project_in_transaction
 
     def close(self) -> None:
         self.store.close()
         self.db.close()
-        self._lock_file.close()
 
     # -- the command loop ----------------------------------------------------------------
     def _run(self, decide: Callable[[_Batch], T]) -> T:
         for attempt in range(MAX_ATTEMPTS):
             try:
-                # Decide and save while holding the workspace's writer lock: SQLite has one
-                # writer at a time anyway, and deciding inside the lock means processes on
-                # this host never lose the race for a conversation's next position. (Writers
-                # elsewhere, on a shared database, still meet optimistic concurrency.)
-                with self._writer_lock():
-                    # Cached aggregates catch up first unless nobody else has committed since
-                    # this Ledger's last save (SQLite's data_version says so, cheaply).
-                    batch = _Batch(self.store, fresh=self._others_committed())
+                # Decide and save under the database's writer lock (see its writer_lock);
+                # where there is none, optimistic concurrency on positions decides.
+                with self.db.writer_lock():
+                    # Cached aggregates catch up first unless nobody else can have committed
+                    # since this Ledger's last save.
+                    batch = _Batch(self.store, fresh=self.db.changed_by_others())
                     result = decide(batch)
                     recordings = self.store.save_conversations(*batch.aggregates.values())
-                    self._last_data_version = self._data_version()
+                    self.db.note_own_commit()
             except RecordConflictError:
                 # Another writer got there first: decide again on fresh state, after a short
                 # random pause so that writers racing for one conversation spread out.
@@ -314,22 +304,8 @@ class Ledger:
             "conversation. Retry the call."
         )
 
-    def _data_version(self) -> int:
-        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
-
-    def _others_committed(self) -> bool:
-        return self._last_data_version != self._data_version()
-
-    @contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-
     def _forget(self, batch: _Batch) -> None:
-        self._last_data_version = None
+        self.db.forget_commits()
         for conversation_id in batch.aggregates:
             self.store.forget(conversation_id)
             self._contexts.pop(conversation_id, None)

@@ -44,6 +44,7 @@ class ConversationManager:
         auto_save_interval: int = 60,
         checkpoint_config: CheckpointConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        database_url: str | None = None,
     ) -> None:
         if not isinstance(system_prompt, str):
             raise InvalidInput("system_prompt must be a string.")
@@ -65,6 +66,7 @@ class ConversationManager:
             ),
             tokenizer=tokenizer_for(model, provider),
             max_message_bytes=max_message_bytes,
+            database_url=database_url,
         )
         self.workspace = self.ledger.workspace
         prompt_tokens = (

@@ -1,7 +1,8 @@
 """The event store: an eventsourcing Application configured for chatledger.
 
-SQLite (one WAL file in the workspace) is the default; the library's recorder does the
-optimistic concurrency on (stream, position) and gives every event a notification id."""
+SQLite (one WAL file in the workspace) is the default, PostgreSQL the alternative (see
+sqlite_store.py and postgres_store.py); either way the library's recorder does the optimistic
+concurrency on (stream, position) and gives every event a notification id."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from eventsourcing.utils import get_topic
 from domain.conversation import Conversation
 from domain.errors import ConversationNotFound
 from infrastructure.mapping import OrjsonTranscoder, PydanticMapper
-from infrastructure.projecting_recorder import ProjectingSQLiteRecorder
 
 #: Snapshot every this many events, so loading the write model (and "state at position N")
 #: replays at most this many events, whatever the history length.
@@ -44,7 +44,6 @@ class EventStore(Application[UUID]):
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
         "AGGREGATE_CACHE_FASTFORWARD": "n",
         "IS_SNAPSHOTTING_ENABLED": "y",
-        "APPLICATION_RECORDER_TOPIC": get_topic(ProjectingSQLiteRecorder),
     }
 
     def __init__(self, env: dict[str, str] | None = None) -> None:

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import fcntl
 import random
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from eventsourcing.utils import get_topic
 
 from domain.errors import StoreError, WorkspaceError
+from infrastructure.database import Cursor, Database, SQLiteDialect
 from infrastructure.event_store import EventStore
+from infrastructure.projecting_recorder import ProjectingSQLiteRecorder
+from infrastructure.schema import (
+    META_TABLE_DDL,
+    READ_SCHEMA_VERSION,
+    RECORD_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    check_schema_version,
+)
 
 DB_FILE = "chatledger.db"
-SCHEMA_VERSION = 1
+#: Held by every command from deciding to saving (see SQLiteDatabase.writer_lock).
+WRITER_LOCK_FILE = "chatledger.lock"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _OUR_TABLES = {"stored_events", "stored_snapshots", "projection_tracking", "chatledger_meta"}
 
@@ -48,9 +64,7 @@ def check_database_file(path: Path) -> None:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
             version = None
             if "chatledger_meta" in tables:
-                row = connection.execute(
-                    "SELECT value FROM chatledger_meta WHERE key='schema_version'"
-                ).fetchone()
+                row = connection.execute(READ_SCHEMA_VERSION).fetchone()
                 version = row[0] if row else None
         finally:
             connection.close()
@@ -60,13 +74,7 @@ def check_database_file(path: Path) -> None:
         raise StoreError(
             f"{path} is a SQLite database of another program (tables: {sorted(tables)[:5]})."
         )
-    if version is not None and not str(version).isdigit():
-        raise StoreError(f"{path} has an unreadable schema version {version!r}.")
-    if version is not None and int(version) > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} was written by a newer chatledger (schema {version}; this one reads up to "
-            f"{SCHEMA_VERSION}). Upgrade chatledger to open it."
-        )
+    check_schema_version(version, str(path))
 
 
 def open_event_store(path: Path, cache_size: int) -> EventStore:
@@ -76,6 +84,7 @@ def open_event_store(path: Path, cache_size: int) -> EventStore:
             "SQLITE_DBNAME": str(path),
             "SQLITE_LOCK_TIMEOUT": str(int(LOCK_TIMEOUT)),
             "AGGREGATE_CACHE_MAXSIZE": str(max(1, cache_size)),
+            "APPLICATION_RECORDER_TOPIC": get_topic(ProjectingSQLiteRecorder),
         }
     )
 
@@ -114,10 +123,74 @@ def open_projection_connection(path: Path) -> sqlite3.Connection:
     _switch_to_wal(connection, path)
     # Projections are rebuildable from the log, so their commits skip the fsync.
     connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute(
-        "CREATE TABLE IF NOT EXISTS chatledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-    )
-    connection.execute(
-        "INSERT OR IGNORE INTO chatledger_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-    )
+    connection.execute(META_TABLE_DDL)
+    connection.execute(RECORD_SCHEMA_VERSION, (str(SCHEMA_VERSION),))
     return connection
+
+
+class SQLiteDatabase(Database):
+    """The workspace's SQLite file, on one connection in autocommit mode."""
+
+    dialect = SQLiteDialect()
+
+    def __init__(self, path: Path) -> None:
+        self.connection = open_projection_connection(path)
+        self._lock_file = (path.parent / WRITER_LOCK_FILE).open("a")
+        #: data_version seen right after this process's last commit (None: unknown).
+        self._own_data_version: int | None = None
+
+    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
+        return self.connection.execute(statement, parameters)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        # IMMEDIATE takes the write lock at once: inserts of events wait for it, and so the
+        # projections see the log as it stands.
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.connection.cursor()
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
+
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        # SQLite has one writer at a time anyway; deciding inside a lock held across
+        # processes means processes on this host never lose the race for a conversation's
+        # next position. POSIX only: fcntl.
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def _data_version(self) -> int:
+        return int(self.connection.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed_by_others(self) -> bool:
+        # data_version changes when another connection commits: a cheap way to know that
+        # cached aggregates are still current.
+        return self._own_data_version != self._data_version()
+
+    def note_own_commit(self) -> None:
+        self._own_data_version = self._data_version()
+
+    def forget_commits(self) -> None:
+        self._own_data_version = None
+
+    def close(self) -> None:
+        self.connection.close()
+        self._lock_file.close()
+
+
+def open_sqlite(workspace: Path, cache_size: int) -> tuple[SQLiteDatabase, EventStore]:
+    """The workspace's database, checked, then its event store."""
+    path = prepare_workspace(workspace)
+    check_database_file(path)
+    database = SQLiteDatabase(path)
+    try:
+        return database, open_event_store(path, cache_size)
+    except BaseException:
+        database.close()
+        raise

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-Handler = Callable[[sqlite3.Cursor, Any, int], None]
+from infrastructure.database import Cursor, Dialect
+
+Handler = Callable[[Cursor, Any, int], None]
 
 
 class Projection:
     """A read model. Subclasses list their tables' DDL and map event classes to handlers.
 
-    Handlers run inside the runner's transaction and get (cursor, event, notification_id)."""
+    Handlers run inside the runner's transaction and get (cursor, event, notification_id).
+    DDL is written in SQLite's SQL; the dialect turns it into the database's own."""
 
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]] = ()
@@ -23,10 +25,10 @@ class Projection:
     def handlers(self) -> dict[type, Handler]:
         raise NotImplementedError
 
-    def create(self, cursor: sqlite3.Cursor) -> None:
+    def create(self, cursor: Cursor, dialect: Dialect) -> None:
         for statement in self.ddl:
-            cursor.execute(statement)
+            cursor.execute(dialect.ddl(statement))
 
-    def drop(self, cursor: sqlite3.Cursor) -> None:
+    def drop(self, cursor: Cursor) -> None:
         for table in self.tables:
             cursor.execute(f"DROP TABLE IF EXISTS {table}")

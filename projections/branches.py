@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from domain import events
+from infrastructure.database import Cursor
 from projections.base import Handler, Projection
 
 
@@ -26,7 +26,7 @@ class BranchTree(Projection):
     def handlers(self) -> dict[type, Handler]:
         return {events.BranchForked: self._forked}
 
-    def _forked(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _forked(self, cursor: Cursor, event: Any, _: int) -> None:
         cursor.execute(
             "INSERT INTO branches VALUES (?,?,?,?,?)",
             (

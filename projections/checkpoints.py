@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import orjson
 
 from domain import events
+from infrastructure.database import Cursor
 from projections.base import Handler, Projection
 
 
@@ -46,7 +46,7 @@ class CheckpointIndex(Projection):
             events.SnapshotTaken: self._snapshot,
         }
 
-    def _created(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _created(self, cursor: Cursor, event: Any, _: int) -> None:
         cursor.execute(
             "INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?,0)",
             (
@@ -63,13 +63,13 @@ class CheckpointIndex(Projection):
             ),
         )
 
-    def _pruned(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _pruned(self, cursor: Cursor, event: Any, _: int) -> None:
         cursor.executemany(
             "UPDATE checkpoints SET pruned=1 WHERE checkpoint_id=?",
             [(checkpoint_id,) for checkpoint_id in event.checkpoint_ids],
         )
 
-    def _snapshot(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _snapshot(self, cursor: Cursor, event: Any, _: int) -> None:
         cursor.execute(
             "INSERT INTO snapshots VALUES (?,?,?,?,?)",
             (

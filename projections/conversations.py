@@ -3,7 +3,6 @@ shape of its active view (segments), which is all a reader needs to load its tra
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import orjson
@@ -11,6 +10,7 @@ import orjson
 from domain import events
 from domain.messages import Role, text_of
 from domain.view import ViewState
+from infrastructure.database import Cursor
 from projections.base import Handler, Projection
 
 
@@ -64,7 +64,7 @@ class ConversationIndex(Projection):
             events.ConversationTitled: self._titled,
         }
 
-    def _started(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _started(self, cursor: Cursor, event: Any, _: int) -> None:
         parent = event.parent
         columns = view_columns(event.view)
         cursor.execute(
@@ -87,7 +87,7 @@ class ConversationIndex(Projection):
         self._record_view(cursor, event, columns)
 
     @staticmethod
-    def _record_view(cursor: sqlite3.Cursor, event: Any, columns: dict[str, Any]) -> None:
+    def _record_view(cursor: Cursor, event: Any, columns: dict[str, Any]) -> None:
         cursor.execute(
             "INSERT INTO conversation_views VALUES (?,?,?,?)",
             (
@@ -98,17 +98,15 @@ class ConversationIndex(Projection):
             ),
         )
 
-    def _message(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _message(self, cursor: Cursor, event: Any, _: int) -> None:
         first_user_text = text_of(event.parts) if event.role is Role.USER else None
         self._count(cursor, event, event.tokens, first_user_text)
 
-    def _session(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _session(self, cursor: Cursor, event: Any, _: int) -> None:
         self._count(cursor, event, event.marker_tokens, None)
 
     @staticmethod
-    def _count(
-        cursor: sqlite3.Cursor, event: Any, tokens: int, first_user_text: str | None
-    ) -> None:
+    def _count(cursor: Cursor, event: Any, tokens: int, first_user_text: str | None) -> None:
         cursor.execute(
             "UPDATE conversations SET message_count=message_count+1, token_count=token_count+?, "
             "last_active=?, head=?, first_user_text=COALESCE(first_user_text, ?) "
@@ -122,7 +120,7 @@ class ConversationIndex(Projection):
             ),
         )
 
-    def _replaced(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _replaced(self, cursor: Cursor, event: Any, _: int) -> None:
         columns = view_columns(event.view)
         cursor.execute(
             "UPDATE conversations SET closed=?, open_from=?, message_count=?, token_count=?, "
@@ -139,7 +137,7 @@ class ConversationIndex(Projection):
         )
         self._record_view(cursor, event, columns)
 
-    def _titled(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _titled(self, cursor: Cursor, event: Any, _: int) -> None:
         cursor.execute(
             "UPDATE conversations SET title=? WHERE conversation_id=?",
             (event.title, event.originator_id.hex),

@@ -6,7 +6,6 @@ truth, and that path is as fast as a raw SELECT + JSON decode."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,8 @@ from domain.events import MESSAGE_TOPICS, ContextTrimmed, MessageAppended
 from domain.messages import Category, Role
 from domain.titles import conversation_title
 from domain.view import Segment
-from projections.search import match_expression
+from infrastructure.database import Database
+from projections.search import message_search
 
 
 @dataclass(frozen=True)
@@ -92,20 +92,23 @@ def message_row(
 
 
 class ReadModel:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self.db = connection
+    def __init__(self, database: Database) -> None:
+        self.db = database
+        self.dialect = database.dialect
+        self.search = message_search(self.dialect)
 
     # -- transcripts -------------------------------------------------------------------
     def transcript(self, segments: Iterable[Segment]) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         placeholders = ",".join("?" * len(MESSAGE_TOPICS))
         statement = (
-            "SELECT originator_version, topic, state FROM stored_events "
+            f"SELECT originator_version, topic, state FROM {self.dialect.events_table} "
             "WHERE originator_id=? AND originator_version BETWEEN ? AND ? "
             f"AND topic IN ({placeholders}) ORDER BY originator_version"
         )
         for segment in segments:
-            stream, named = segment.conversation_id.hex, str(segment.conversation_id)
+            stream = self.dialect.stream_key(segment.conversation_id)
+            named = str(segment.conversation_id)
             rows = self.db.execute(
                 statement, (stream, segment.first, segment.last, *MESSAGE_TOPICS)
             )
@@ -127,10 +130,15 @@ class ReadModel:
         found: list[tuple[UUID, str, int, dict[str, Any]]] = []
         for segment in segments:
             rows = self.db.execute(
-                "SELECT topic, originator_version, state FROM stored_events WHERE originator_id=? "
-                f"AND originator_version BETWEEN ? AND ? AND topic IN ({placeholders}) "
-                "ORDER BY originator_version",
-                (segment.conversation_id.hex, segment.first, segment.last, *topics),
+                f"SELECT topic, originator_version, state FROM {self.dialect.events_table} "
+                "WHERE originator_id=? AND originator_version BETWEEN ? AND ? "
+                f"AND topic IN ({placeholders}) ORDER BY originator_version",
+                (
+                    self.dialect.stream_key(segment.conversation_id),
+                    segment.first,
+                    segment.last,
+                    *topics,
+                ),
             )
             found.extend(
                 (segment.conversation_id, topic, pos, orjson.loads(state))
@@ -165,14 +173,13 @@ class ReadModel:
     ) -> list[dict[str, Any]]:
         where, params = "", []
         if search_term and search_term.strip():
-            expression = match_expression(search_term)
+            matching, search_params = self.search.conversations_matching(search_term)
             like = f"%{search_term.strip().lower()}%"
             where = (
                 "WHERE lower(coalesce(title, '')) LIKE ? OR lower(coalesce(first_user_text, '')) "
-                "LIKE ? OR conversation_id IN (SELECT e.originator_id FROM message_search s "
-                "JOIN stored_events e ON e.rowid = s.rowid WHERE message_search MATCH ?)"
+                f"LIKE ? OR conversation_id IN ({matching})"
             )
-            params = [like, like, expression or '""']
+            params = [like, like, *search_params]
         rows = self.db.execute(
             "SELECT conversation_id, title, first_user_text, created_at, last_active, "
             f"message_count, token_count FROM conversations {where} "

@@ -3,71 +3,74 @@
 The eventsourcing library's ProjectionRunner needs recorder subscriptions, which its SQLite
 recorder does not have, and its tracking recorder commits on its own connection. So this
 runner pulls the notification log itself and commits every projection's rows together with
-the tracking position in one transaction on the projections' connection."""
+the tracking position in one transaction, on either database."""
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
+from infrastructure.database import Cursor, Database, Dialect
 from projections.base import Handler, Projection
 from projections.branches import BranchTree
 from projections.checkpoints import CheckpointIndex
 from projections.conversations import ConversationIndex
-from projections.search import MessageSearch
+from projections.search import message_search
 from projections.sessions import SessionIndex
 from projections.token_usage import TokenUsage
 
 BATCH_SIZE = 1000
 
 
-def all_projections() -> list[Projection]:
+def all_projections(dialect: Dialect) -> list[Projection]:
     return [
         ConversationIndex(),
         CheckpointIndex(),
         SessionIndex(),
         BranchTree(),
         TokenUsage(),
-        MessageSearch(),
+        message_search(dialect),
     ]
 
 
 class ProjectionRunner:
     def __init__(
         self,
-        connection: sqlite3.Connection,
+        database: Database,
         recorder: ApplicationRecorder,
         mapper: Mapper[Any],
         projections: Sequence[Projection] | None = None,
     ) -> None:
-        self.db = connection
+        self.db = database
+        self.dialect = database.dialect
         self.recorder = recorder
         self.mapper = mapper
-        self.projections = list(projections or all_projections())
+        self.projections = list(projections or all_projections(self.dialect))
         self._dispatch: dict[type, list[Handler]] = {}
         for projection in self.projections:
             for event_type, handler in projection.handlers().items():
                 self._dispatch.setdefault(event_type, []).append(handler)
         self._rebuild_needed = self._schema_changed()
-        with self._transaction() as cursor:
+        with self.db.transaction() as cursor:
             cursor.execute(
-                "CREATE TABLE IF NOT EXISTS projection_tracking "
-                "(name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
+                self.dialect.ddl(
+                    "CREATE TABLE IF NOT EXISTS projection_tracking "
+                    "(name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
+                )
             )
             for projection in self.projections:
-                projection.create(cursor)
+                projection.create(cursor, self.dialect)
                 cursor.execute(
-                    "INSERT OR IGNORE INTO projection_tracking VALUES (?, 0)", (projection.name,)
+                    "INSERT INTO projection_tracking VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+                    (projection.name,),
                 )
 
     def fingerprint(self) -> str:
         """Names the projections' current schema: when it changes, the tables are rebuilt."""
-        ddl = "\n".join(statement for p in self.projections for statement in p.ddl)
+        ddl = "\n".join(self.dialect.ddl(s) for p in self.projections for s in p.ddl)
         return hashlib.sha256(ddl.encode()).hexdigest()
 
     def _schema_changed(self) -> bool:
@@ -83,21 +86,12 @@ class ProjectionRunner:
             return self.catch_up()
         applied = self.rebuild()
         self.db.execute(
-            "INSERT OR REPLACE INTO chatledger_meta VALUES ('projections', ?)",
+            "INSERT INTO chatledger_meta VALUES ('projections', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (self.fingerprint(),),
         )
         self._rebuild_needed = False
         return applied
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db.cursor()
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     def readable_tables(self) -> list[str]:
         """Every projection table whose rows can be read back, for comparing a rebuild with
@@ -109,16 +103,18 @@ class ProjectionRunner:
         return int(rows[0] or 0)
 
     def project_in_transaction(
-        self, cursor: sqlite3.Cursor, events: Sequence[Any], notification_ids: Sequence[int]
+        self, recorder_cursor: Any, events: Sequence[Any], notification_ids: Sequence[int]
     ) -> None:
         """Runs inside the transaction that inserts `events`: first applies anything other
         writers logged that is not yet projected, then the new events, then the position."""
+        cursor = self.db.projection_cursor(recorder_cursor)
         position = cursor.execute("SELECT MIN(position) FROM projection_tracking").fetchone()[0]
         first = notification_ids[0]
         if position is not None and position < first - 1:
+            log, number = self.dialect.events_table, self.dialect.notification_column
             rows = cursor.execute(
-                "SELECT rowid, originator_id, originator_version, topic, state "
-                "FROM stored_events WHERE rowid > ? AND rowid < ? ORDER BY rowid",
+                f"SELECT {number}, originator_id, originator_version, topic, state "
+                f"FROM {log} WHERE {number} > ? AND {number} < ? ORDER BY {number}",
                 (position, first),
             ).fetchall()
             self._apply(
@@ -131,7 +127,7 @@ class ProjectionRunner:
     def _notification(self, row: tuple[Any, ...]) -> Notification:
         return Notification(
             id=row[0],
-            originator_id=self.recorder.convert_originator_id(row[1]),  # type: ignore[attr-defined]
+            originator_id=self.dialect.stream_id(row[1]),
             originator_version=row[2],
             topic=row[3],
             state=row[4],
@@ -142,7 +138,7 @@ class ProjectionRunner:
         many were applied."""
         applied = 0
         while True:
-            with self._transaction() as cursor:
+            with self.db.transaction() as cursor:
                 batch = self._apply_next_batch(cursor)
             if not batch:
                 return applied
@@ -152,16 +148,16 @@ class ProjectionRunner:
         """Drops every projection and replays the whole log into fresh tables, in one
         transaction: readers keep seeing the old tables until the new ones are complete."""
         applied = 0
-        with self._transaction() as cursor:
+        with self.db.transaction() as cursor:
             for projection in self.projections:
                 projection.drop(cursor)
-                projection.create(cursor)
+                projection.create(cursor, self.dialect)
             cursor.execute("UPDATE projection_tracking SET position=0")
             while batch := self._apply_next_batch(cursor):
                 applied += batch
         return applied
 
-    def _apply_next_batch(self, cursor: sqlite3.Cursor) -> int:
+    def _apply_next_batch(self, cursor: Cursor) -> int:
         position = int(
             cursor.execute("SELECT MIN(position) FROM projection_tracking").fetchone()[0] or 0
         )
@@ -171,7 +167,7 @@ class ProjectionRunner:
             cursor.execute("UPDATE projection_tracking SET position=?", (notifications[-1].id,))
         return len(notifications)
 
-    def _apply(self, cursor: sqlite3.Cursor, batch: Iterable[tuple[Any, int]]) -> None:
+    def _apply(self, cursor: Cursor, batch: Iterable[tuple[Any, int]]) -> None:
         for event, notification_id in batch:
             for handler in self._dispatch.get(type(event), ()):
                 handler(cursor, event, notification_id)

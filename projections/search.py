@@ -1,22 +1,49 @@
-"""Full-text search over message text with SQLite FTS5.
-
-The index is contentless and keyed by the event's notification id (the stored event's
-rowid), so message text is not stored a second time: a hit joins back to the log."""
+"""Full-text search over message text, with each database's own engine: SQLite's FTS5 or
+PostgreSQL's tsvector. Either way every word of a search term must appear in a message, as a
+word or a word prefix, case- and diacritic-insensitively, and operators in user input are
+taken literally."""
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Any
+import unicodedata
+from typing import Any, ClassVar
 
 from domain import events
 from domain.messages import text_of
+from infrastructure.database import Cursor, Dialect
 from projections.base import Handler, Projection
+
+
+def search_words(search_term: str) -> list[str]:
+    return [word for word in search_term.replace('"', " ").split() if word]
 
 
 class MessageSearch(Projection):
     name = "search"
     tables = ("message_search",)
-    readable = False
+
+    def handlers(self) -> dict[type, Handler]:
+        return {events.MessageAppended: self._index}
+
+    def _index(self, cursor: Cursor, event: Any, notification_id: int) -> None:
+        text = text_of(event.parts)
+        if text:
+            self.index(cursor, event, notification_id, text)
+
+    def index(self, cursor: Cursor, event: Any, notification_id: int, text: str) -> None:
+        raise NotImplementedError
+
+    def conversations_matching(self, search_term: str) -> tuple[str, list[Any]]:
+        """A subquery of the (hex) ids of conversations with a message matching the term,
+        and its parameters."""
+        raise NotImplementedError
+
+
+class SQLiteMessageSearch(MessageSearch):
+    """The index is contentless and keyed by the event's notification id (the stored event's
+    rowid), so message text is not stored a second time: a hit joins back to the log."""
+
+    readable: ClassVar[bool] = False
     ddl = (
         # detail=none and columnsize=0 keep only which rows hold which words: matching words
         # and word prefixes needs no more, and the index is a fraction of the size.
@@ -24,22 +51,63 @@ class MessageSearch(Projection):
         "detail=none, columnsize=0, tokenize='unicode61 remove_diacritics 2')",
     )
 
-    def handlers(self) -> dict[type, Handler]:
-        return {events.MessageAppended: self._index}
+    def index(self, cursor: Cursor, event: Any, notification_id: int, text: str) -> None:
+        cursor.execute(
+            "INSERT INTO message_search (rowid, text) VALUES (?, ?)", (notification_id, text)
+        )
 
-    def _index(self, cursor: sqlite3.Cursor, event: Any, notification_id: int) -> None:
-        text = text_of(event.parts)
-        if text:
-            cursor.execute(
-                "INSERT INTO message_search (rowid, text) VALUES (?, ?)",
-                (notification_id, text),
-            )
+    def conversations_matching(self, search_term: str) -> tuple[str, list[Any]]:
+        # Quoted words are FTS5 strings, so FTS5 operators in user input are taken literally.
+        words = search_words(search_term)
+        expression = " ".join(f'"{word}"*' for word in words) if words else '""'
+        return (
+            "SELECT e.originator_id FROM message_search s JOIN stored_events e "
+            "ON e.rowid = s.rowid WHERE message_search MATCH ?",
+            [expression],
+        )
 
 
-def match_expression(search_term: str) -> str | None:
-    """Every word of the term must appear, each as a word or word prefix, case-insensitively.
-    Words are quoted so FTS5 operators in user input are taken literally."""
-    words = [w for w in search_term.replace('"', " ").split() if w]
-    if not words:
-        return None
-    return " ".join(f'"{word}"*' for word in words)
+def _fold(text: str) -> str:
+    """Text without diacritics: the 'simple' configuration only lowercases, and the
+    unaccent extension is not on every server."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+class PostgresMessageSearch(MessageSearch):
+    """A tsvector per message with a GIN index. The vector holds the words, not the text, and
+    the conversation, so a hit needs no join with the log."""
+
+    ddl = (
+        """CREATE TABLE IF NOT EXISTS message_search (
+            notification_id BIGINT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            words TSVECTOR NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS message_search_words ON message_search USING GIN (words)",
+    )
+
+    def index(self, cursor: Cursor, event: Any, notification_id: int, text: str) -> None:
+        cursor.execute(
+            "INSERT INTO message_search VALUES (?, ?, to_tsvector('simple', ?))",
+            (notification_id, event.originator_id.hex, _fold(text)),
+        )
+
+    def conversations_matching(self, search_term: str) -> tuple[str, list[Any]]:
+        # Each word is a quoted tsquery lexeme with a prefix mark, so &, |, !, : and
+        # parentheses in user input are taken literally.
+        words = [
+            _fold(word).replace("\\", "\\\\").replace("'", "''")
+            for word in search_words(search_term)
+        ]
+        query = " & ".join(f"'{word}':*" for word in words)
+        if not query:
+            return "SELECT conversation_id FROM message_search WHERE false", []
+        return (
+            "SELECT conversation_id FROM message_search WHERE words @@ to_tsquery('simple', ?)",
+            [query],
+        )
+
+
+def message_search(dialect: Dialect) -> MessageSearch:
+    return PostgresMessageSearch() if dialect.name == "postgres" else SQLiteMessageSearch()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from domain import events
+from infrastructure.database import Cursor
 from projections.base import Handler, Projection
 
 
@@ -28,13 +28,13 @@ class SessionIndex(Projection):
     def handlers(self) -> dict[type, Handler]:
         return {events.ConversationStarted: self._first, events.SessionStarted: self._next}
 
-    def _first(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _first(self, cursor: Cursor, event: Any, _: int) -> None:
         session = event.view.session
         # A branch continues its parent's session; only a root conversation opens one.
         if event.parent is None:
             self._insert(cursor, event, session.session_id, session.number, None, "started")
 
-    def _next(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _next(self, cursor: Cursor, event: Any, _: int) -> None:
         number = cursor.execute(
             "SELECT COALESCE(MAX(number), 0) + 1 FROM sessions WHERE conversation_id=?",
             (event.originator_id.hex,),
@@ -45,7 +45,7 @@ class SessionIndex(Projection):
 
     @staticmethod
     def _insert(
-        cursor: sqlite3.Cursor,
+        cursor: Cursor,
         event: Any,
         session_id: str,
         number: int,

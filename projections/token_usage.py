@@ -3,11 +3,11 @@ by message and reset whenever the view is replaced; and the prompt of every mode
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from domain import events
 from domain.messages import Category
+from infrastructure.database import Cursor
 from projections.base import Handler, Projection
 
 
@@ -57,7 +57,7 @@ class TokenUsage(Projection):
             events.ModelCallFailed: self._failed,
         }
 
-    def _reset(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _reset(self, cursor: Cursor, event: Any, _: int) -> None:
         conversation = event.originator_id.hex
         cursor.execute("DELETE FROM token_usage WHERE conversation_id=?", (conversation,))
         cursor.executemany(
@@ -65,22 +65,22 @@ class TokenUsage(Projection):
             [(conversation, c, t) for c, t in sorted(event.view.tokens_by_category.items())],
         )
 
-    def _message(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _message(self, cursor: Cursor, event: Any, _: int) -> None:
         self._add(cursor, event, event.category, event.tokens)
 
-    def _marker(self, cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _marker(self, cursor: Cursor, event: Any, _: int) -> None:
         self._add(cursor, event, Category.SYSTEM, event.marker_tokens)
 
     @staticmethod
-    def _add(cursor: sqlite3.Cursor, event: Any, category: Category, tokens: int) -> None:
+    def _add(cursor: Cursor, event: Any, category: Category, tokens: int) -> None:
         cursor.execute(
             "INSERT INTO token_usage VALUES (?,?,?) ON CONFLICT (conversation_id, category) "
-            "DO UPDATE SET tokens = tokens + excluded.tokens",
+            "DO UPDATE SET tokens = token_usage.tokens + excluded.tokens",
             (event.originator_id.hex, category.value, tokens),
         )
 
     @staticmethod
-    def _called(cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _called(cursor: Cursor, event: Any, _: int) -> None:
         cursor.execute(
             "INSERT INTO model_calls VALUES "
             "(?,?,?,?,?,?,?,?,?,?,'called',NULL,NULL,NULL,NULL,NULL)",
@@ -99,7 +99,7 @@ class TokenUsage(Projection):
         )
 
     @staticmethod
-    def _responded(cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _responded(cursor: Cursor, event: Any, _: int) -> None:
         cursor.execute(
             "UPDATE model_calls SET status='responded', reply_message_id=?, "
             "reported_prompt_tokens=?, completion_tokens=?, latency_ms=?, attempts=? "
@@ -115,7 +115,7 @@ class TokenUsage(Projection):
         )
 
     @staticmethod
-    def _failed(cursor: sqlite3.Cursor, event: Any, _: int) -> None:
+    def _failed(cursor: Cursor, event: Any, _: int) -> None:
         if event.call_id is not None:
             cursor.execute(
                 "UPDATE model_calls SET status=?, attempts=? WHERE call_id=?",

@@ -1,0 +1,139 @@
+"""What the projections and the reads need from the SQL database that holds the log, whichever
+database it is (SQLite by default, PostgreSQL when configured).
+
+Projections are written once, in the SQL both databases share, with `?` parameters; a Dialect
+says what differs: the parameter style, a few column types, where the log's table is and how
+it names an event's place in the log. Full-text search differs more and has one projection
+per database (see projections/search.py)."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from functools import lru_cache
+from typing import Any, Protocol
+from uuid import UUID
+
+
+class Cursor(Protocol):
+    """The DB-API subset projections and reads use (sqlite3 and psycopg cursors have it)."""
+
+    def execute(self, statement: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, statement: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Dialect(ABC):
+    name: str
+    #: The log's table, as the eventsourcing recorder named it.
+    events_table: str
+    #: The log's column that orders all events (the notification id).
+    notification_column: str
+
+    @abstractmethod
+    def ddl(self, statement: str) -> str:
+        """A CREATE statement written for SQLite, in this database's types."""
+
+    @abstractmethod
+    def stream_key(self, conversation_id: UUID) -> Any:
+        """A conversation id as the log's originator_id column holds it."""
+
+    @abstractmethod
+    def stream_id(self, value: Any) -> UUID:
+        """The log's originator_id column value as a conversation id."""
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+    events_table = "stored_events"
+    notification_column = "rowid"
+
+    def ddl(self, statement: str) -> str:
+        return statement
+
+    def stream_key(self, conversation_id: UUID) -> Any:
+        return conversation_id.hex
+
+    def stream_id(self, value: Any) -> UUID:
+        return UUID(value)
+
+
+class PostgresDialect(Dialect):
+    name = "postgres"
+    events_table = "chatledger_events"
+    notification_column = "notification_id"
+
+    def ddl(self, statement: str) -> str:
+        return _postgres_ddl(statement)
+
+    def stream_key(self, conversation_id: UUID) -> Any:
+        return conversation_id
+
+    def stream_id(self, value: Any) -> UUID:
+        return value if isinstance(value, UUID) else UUID(value)
+
+
+# SQLite's INTEGER is 64 bits and REAL is a double; PostgreSQL's same-named types are not.
+_POSTGRES_TYPES = (
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+    (re.compile(r"\)\s*WITHOUT ROWID\s*$"), ")"),
+)
+
+
+@lru_cache(maxsize=256)
+def _postgres_ddl(statement: str) -> str:
+    for pattern, replacement in _POSTGRES_TYPES:
+        statement = pattern.sub(replacement, statement)
+    return statement
+
+
+class Database(ABC):
+    """The connection that reads projections and the log, and writes projections outside
+    event inserts (catch-up and rebuild). Event inserts project on the recorder's own
+    connection, in the insert's transaction (see the projecting recorders)."""
+
+    dialect: Dialect
+
+    @abstractmethod
+    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
+        """Runs one statement outside any explicit transaction (reads)."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Cursor]:
+        """A write transaction serialised with every insert of events, so projecting in it
+        can neither miss nor repeat an event."""
+
+    def projection_cursor(self, recorder_cursor: Any) -> Cursor:
+        """A cursor for projecting in the transaction of `recorder_cursor`, the recorder's
+        cursor inserting events."""
+        return recorder_cursor
+
+    @abstractmethod
+    def writer_lock(self) -> AbstractContextManager[None]:
+        """Held by a command from deciding to saving."""
+
+    @abstractmethod
+    def changed_by_others(self) -> bool:
+        """Whether another writer may have committed since `note_own_commit` (True when
+        unknown)."""
+
+    @abstractmethod
+    def note_own_commit(self) -> None:
+        """Marks the present state as this process's own."""
+
+    @abstractmethod
+    def forget_commits(self) -> None:
+        """Forgets what `note_own_commit` marked."""
+
+    @abstractmethod
+    def close(self) -> None: ...

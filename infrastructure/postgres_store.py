@@ -1,0 +1,228 @@
+"""Opening a PostgreSQL store, chosen by a `postgresql://` URL: the log through the
+eventsourcing library's PostgreSQL recorder (psycopg 3 and its pool), the projections in the
+same database and schema, committed with the events they project.
+
+A URL may name a schema with `?schema=name` (as Prisma's URLs do): every table lives there, so
+one database can hold several independent stores. The other query parameters are libpq's."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from eventsourcing.utils import get_topic
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
+
+from domain.errors import StoreError
+from infrastructure.database import Cursor, Database, PostgresDialect
+from infrastructure.event_store import EventStore
+from infrastructure.projecting_recorder import ProjectingPostgresRecorder
+from infrastructure.schema import (
+    META_TABLE_DDL,
+    READ_SCHEMA_VERSION,
+    RECORD_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    check_schema_version,
+)
+
+#: Seconds to wait for the server, and for another writer's lock on the log.
+CONNECT_TIMEOUT = 10
+LOCK_TIMEOUT = 30
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+@dataclass(frozen=True)
+class PostgresLocation:
+    dbname: str
+    host: str
+    port: str
+    user: str
+    password: str
+    schema: str
+    #: The URL's other libpq parameters, for our own connection.
+    conninfo: str
+
+    def __str__(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname} ({self.schema})"
+
+
+def parse_database_url(url: str) -> PostgresLocation:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((value for key, value in query if key == "schema"), "public")
+    if not _SCHEMA_NAME.match(schema):
+        raise StoreError(
+            f"Schema {schema!r} in the database URL is not a plain PostgreSQL name "
+            "(letters, digits and underscores, at most 63)."
+        )
+    libpq_url = urlunsplit(parts._replace(query=urlencode([q for q in query if q[0] != "schema"])))
+    try:
+        params = conninfo_to_dict(libpq_url)
+    except psycopg.ProgrammingError as error:
+        raise StoreError(f"The database URL is not valid: {error}.") from None
+    return PostgresLocation(
+        dbname=str(params.get("dbname") or os.environ.get("PGDATABASE") or "postgres"),
+        host=str(params.get("host") or os.environ.get("PGHOST") or "localhost"),
+        port=str(params.get("port") or os.environ.get("PGPORT") or "5432"),
+        user=str(params.get("user") or os.environ.get("PGUSER") or getpass.getuser()),
+        password=str(params.get("password") or os.environ.get("PGPASSWORD") or ""),
+        schema=schema,
+        conninfo=libpq_url,
+    )
+
+
+@lru_cache(maxsize=512)
+def _pyformat(statement: str) -> str:
+    # Our SQL never holds "?" or "%" outside parameters, so the translation is textual.
+    return statement.replace("?", "%s")
+
+
+class PostgresCursor:
+    """A psycopg cursor that takes the `?` parameters our SQL is written with."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self.cursor = cursor
+
+    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> PostgresCursor:
+        self.cursor.execute(_pyformat(statement), parameters)
+        return self
+
+    def executemany(self, statement: str, parameters: Iterable[Sequence[Any]]) -> None:
+        self.cursor.executemany(_pyformat(statement), parameters)
+
+    def fetchone(self) -> Any:
+        return self.cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self.cursor.fetchall()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.cursor)
+
+
+class PostgresDatabase(Database):
+    dialect = PostgresDialect()
+
+    def __init__(self, location: PostgresLocation) -> None:
+        self.location = location
+        try:
+            self.connection = psycopg.connect(
+                location.conninfo,
+                dbname=location.dbname,
+                host=location.host,
+                port=location.port,
+                user=location.user,
+                password=location.password,
+                connect_timeout=CONNECT_TIMEOUT,
+                autocommit=True,
+                row_factory=tuple_row,
+                options=f"-c search_path={location.schema}",
+            )
+        except psycopg.OperationalError as error:
+            raise StoreError(
+                f"Cannot connect to PostgreSQL at {location}: {error}".strip()
+            ) from None
+        self._search_path = location.schema
+
+    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
+        return PostgresCursor(self.connection.cursor()).execute(statement, parameters)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self.connection.transaction():
+            cursor = PostgresCursor(self.connection.cursor())
+            # The lock the recorder takes to insert events: while it is held no event is
+            # inserted (or projected) by anyone else.
+            cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}s'")
+            cursor.execute(f"LOCK TABLE {self.dialect.events_table} IN EXCLUSIVE MODE")
+            yield cursor
+
+    def projection_cursor(self, recorder_cursor: Any) -> Cursor:
+        """A cursor in the recorder's insert transaction, on this store's schema (the
+        library's pooled connections use the server's default search path)."""
+        cursor = PostgresCursor(recorder_cursor.connection.cursor(row_factory=tuple_row))
+        cursor.execute("SELECT set_config('search_path', ?, true)", (self._search_path,))
+        return cursor
+
+    def writer_lock(self) -> AbstractContextManager[None]:
+        # Writers on many hosts share the database: optimistic concurrency on the stream's
+        # next position decides, and the loser decides again on fresh state.
+        return nullcontext()
+
+    def changed_by_others(self) -> bool:
+        # Nothing as cheap as SQLite's data_version says whether another host committed.
+        return True
+
+    def note_own_commit(self) -> None:
+        """Nothing to note: see changed_by_others."""
+
+    def forget_commits(self) -> None:
+        """Nothing noted: see changed_by_others."""
+
+    @contextmanager
+    def setup_lock(self) -> Iterator[None]:
+        """Serialises creating the tables: concurrent CREATE ... IF NOT EXISTS can fail."""
+        key = sql.Literal(f"chatledger:{self.location.schema}")
+        self.connection.execute(sql.SQL("SELECT pg_advisory_lock(hashtext({}))").format(key))
+        try:
+            yield
+        finally:
+            self.connection.execute(sql.SQL("SELECT pg_advisory_unlock(hashtext({}))").format(key))
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _prepare_schema(database: PostgresDatabase) -> None:
+    schema = database.location.schema
+    database.connection.execute(
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+    )
+    database.execute(META_TABLE_DDL)
+    row = database.execute(READ_SCHEMA_VERSION).fetchone()
+    check_schema_version(row[0] if row else None, str(database.location))
+    database.execute(RECORD_SCHEMA_VERSION, (str(SCHEMA_VERSION),))
+
+
+def open_postgres(url: str, cache_size: int) -> tuple[PostgresDatabase, EventStore]:
+    location = parse_database_url(url)
+    database = PostgresDatabase(location)
+    try:
+        with database.setup_lock():
+            _prepare_schema(database)
+            store = EventStore(
+                {
+                    "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                    "POSTGRES_DBNAME": location.dbname,
+                    "POSTGRES_HOST": location.host,
+                    "POSTGRES_PORT": location.port,
+                    "POSTGRES_USER": location.user,
+                    "POSTGRES_PASSWORD": location.password,
+                    "POSTGRES_SCHEMA": location.schema,
+                    "POSTGRES_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+                    "POSTGRES_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
+                    "AGGREGATE_CACHE_MAXSIZE": str(max(1, cache_size)),
+                    "APPLICATION_RECORDER_TOPIC": get_topic(ProjectingPostgresRecorder),
+                }
+            )
+    except psycopg.Error as error:
+        database.close()
+        raise StoreError(f"Cannot open the store at {location}: {error}".strip()) from None
+    except BaseException:
+        database.close()
+        raise
+    return database, store
