@@ -4,21 +4,30 @@ Usage:
     python scripts/load_test.py --processes 4 --appends 500 --distinct
     python scripts/load_test.py --processes 4 --appends 500 --same-conversation
     python scripts/load_test.py --workspace /tmp/ws --time-limit 60 --json out.json
+    python scripts/load_test.py --database-url postgresql://postgres@127.0.0.1/test \
+        --processes 1,2,4 --appends 300
 
 Every worker is a real process (multiprocessing, "spawn") with its own Ledger on the same
-SQLite file (loopback only: nothing leaves the machine). Appends are durable: each returns
-after its transaction (events and projections) committed with synchronous=FULL. Workers wait
-at a barrier, then append as fast as they can until they reach --appends or the time limit.
+store: the workspace's SQLite file, or the PostgreSQL database of --database-url (loopback
+only: nothing leaves the machine; a PostgreSQL run uses a fresh schema, dropped afterwards,
+unless the URL names one). Appends are durable: each returns after its transaction (events
+and projections) committed (SQLite synchronous=FULL; PostgreSQL's default fsync on commit).
+Workers wait at a barrier, then append as fast as they can until they reach --appends or the
+time limit. --processes takes a list (1,2,4) to measure how throughput scales with writers.
 
 Reported: appends/s over the whole run (first start to last finish), p50/p99/max latency per
 append, saves the Ledger retried after an optimistic-concurrency conflict (observed by
 wrapping the worker's store method; nothing is changed), errors surfaced to callers by type,
 then the checks: every returned append in its conversation's history exactly once at the
-position it was given, `verify()`, projections equal to a rebuild, PRAGMA integrity_check.
+position it was given, `verify()`, projections equal to a rebuild, and the database's own
+consistency (SQLite: PRAGMA integrity_check; PostgreSQL: notification ids unique, every
+stream's positions 1..N without a gap).
 
-Target (DESIGN §6/§7): SQLite sustains >= 500 durable appends/s across 4 processes with zero
-errors surfaced. Exit status: 0 when every check passes and no error surfaced (the throughput
-target is reported, and enforced only with --require-target), 1 otherwise.
+Targets (DESIGN §6/§7, issue 5): SQLite sustains >= 500 durable appends/s across 4 processes
+with zero errors surfaced; PostgreSQL throughput grows with writer processes on distinct
+conversations (printed as a ratio to the first --processes count of the same run). Exit
+status: 0 when every check passes and no error surfaced (the throughput targets are reported,
+and enforced only with --require-target), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -62,7 +72,7 @@ _WORDS = _VOCABULARY.split()
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """Where a worker opens its Ledger: a SQLite workspace now; PostgreSQL adds a DSN."""
+    """Where a worker opens its Ledger: a SQLite workspace, or a PostgreSQL URL."""
 
     workspace: str
     dsn: str | None = None
@@ -70,9 +80,11 @@ class StoreSpec:
     def open(self) -> Any:
         from chatledger.ledger import Ledger
 
-        if self.dsn is not None:
-            raise SystemExit("PostgreSQL DSNs are not supported by Ledger yet.")
-        return Ledger(Path(self.workspace))
+        return Ledger(Path(self.workspace), database_url=self.dsn)
+
+    @property
+    def kind(self) -> str:
+        return "PostgreSQL" if self.dsn else "SQLite"
 
 
 @dataclass
@@ -163,8 +175,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    spec = StoreSpec(workspace=str(args.workspace))
+def run(args: argparse.Namespace, spec: StoreSpec) -> dict[str, Any]:
     ledger = spec.open()
     try:
         shared = str(ledger.start_conversation(title="load: shared")) if args.same else None
@@ -265,10 +276,7 @@ def check(spec: StoreSpec, args: argparse.Namespace, reports: list[WorkerResult]
         events = report.events
     finally:
         ledger.close()
-    with closing(sqlite3.connect(Path(spec.workspace) / "chatledger.db")) as raw:
-        integrity = raw.execute("PRAGMA integrity_check").fetchall()
-    if integrity != [("ok",)]:
-        problems.append(f"integrity_check: {integrity[:3]}")
+    problems.extend(database_consistency(spec))
 
     rate = appended / seconds if seconds and seconds > 0 else float("nan")
     return {
@@ -307,6 +315,7 @@ def check(spec: StoreSpec, args: argparse.Namespace, reports: list[WorkerResult]
             "met": rate >= TARGET_APPENDS_PER_SECOND and not errors,
         },
         "environment": {
+            "store": spec.kind,
             "cpus": os.cpu_count(),
             "sqlite": sqlite3.sqlite_version,
             "python": sys.version.split()[0],
@@ -315,13 +324,41 @@ def check(spec: StoreSpec, args: argparse.Namespace, reports: list[WorkerResult]
     }
 
 
+def database_consistency(spec: StoreSpec) -> list[str]:
+    """The database's own view of the log: what no chatledger check can see."""
+    if spec.dsn is None:
+        with closing(sqlite3.connect(Path(spec.workspace) / "chatledger.db")) as raw:
+            integrity = raw.execute("PRAGMA integrity_check").fetchall()
+        return [] if integrity == [("ok",)] else [f"integrity_check: {integrity[:3]}"]
+    ledger = spec.open()
+    try:
+        log = ledger.db.dialect.events_table
+        duplicates = ledger.db.execute(
+            f"SELECT count(*) - count(DISTINCT notification_id) FROM {log}"
+        ).fetchone()[0]
+        gaps = ledger.db.execute(
+            f"SELECT count(*) FROM (SELECT originator_id, count(*) AS n, "
+            f"max(originator_version) AS top FROM {log} GROUP BY originator_id) s "
+            "WHERE n <> top"
+        ).fetchone()[0]
+    finally:
+        ledger.close()
+    problems = []
+    if duplicates:
+        problems.append(f"{duplicates} duplicated notification ids")
+    if gaps:
+        problems.append(f"{gaps} streams with a gap in their positions")
+    return problems
+
+
 def print_report(result: dict[str, Any]) -> None:
     lat = result["latency_ms"]
     env = result["environment"]
+    database = "PostgreSQL" if env["store"] == "PostgreSQL" else f"SQLite {env['sqlite']}"
     print(
         f"chatledger load test: {result['processes']} processes, {result['mode']}, "
         f"{result['appends_requested']} appends requested "
-        f"(SQLite {env['sqlite']}, Python {env['python']}, {env['cpus']} CPUs)"
+        f"({database}, Python {env['python']}, {env['cpus']} CPUs)"
     )
     print(
         f"  appends returned      {result['appends_returned']} in {result['seconds']:.2f} s"
@@ -350,21 +387,47 @@ def print_report(result: dict[str, Any]) -> None:
         for problem in result["problems"]:
             print(f"    - {problem}")
     else:
+        consistency = "integrity_check" if env["store"] == "SQLite" else "ids and positions"
         print(
             "  exactly-once + positions: ok; verify: ok; projections == rebuild: ok; "
-            "integrity_check: ok"
+            f"{consistency}: ok"
         )
-    target = result["target"]
-    verdict = "MET" if target["met"] else "MISSED"
-    print(
-        f"  target                >= {target['appends_per_second']:.0f} durable appends/s "
-        f"with zero errors surfaced: {verdict}"
-    )
+    if env["store"] == "SQLite":
+        target = result["target"]
+        verdict = "MET" if target["met"] else "MISSED"
+        print(
+            f"  target                >= {target['appends_per_second']:.0f} durable appends/s "
+            f"with zero errors surfaced: {verdict}"
+        )
+
+
+def print_scaling(results: list[dict[str, Any]]) -> bool:
+    """Throughput per writer count, as a ratio to the first count of this run; returns
+    whether it grew at every step."""
+    base = results[0]
+    print(f"scaling on {base['environment']['store']} ({base['mode']}):")
+    grew = True
+    for previous, result in zip([None, *results], results, strict=False):
+        ratio = result["appends_per_second"] / base["appends_per_second"]
+        if previous is not None and result["appends_per_second"] <= previous["appends_per_second"]:
+            grew = False
+        print(
+            f"  {result['processes']:>2} processes  {result['appends_per_second']:7.0f} appends/s"
+            f"  {ratio:5.2f}x of {base['processes']}  p99 {result['latency_ms']['p99']:.1f} ms"
+            f"  retried {result['saves_retried_after_conflict']}"
+        )
+    print(f"  throughput grows with writer processes: {'MET' if grew else 'MISSED'}")
+    return grew
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument(
+        "--processes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[4],
+        help="writer processes, or a list such as 1,2,4 (one run each)",
+    )
     parser.add_argument("--appends", type=int, default=500, help="appends per process")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--same-conversation", dest="same", action="store_true")
@@ -375,28 +438,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--time-limit", type=float, default=120.0, help="seconds before workers stop appending"
     )
     parser.add_argument("--workspace", type=Path, help="default: a fresh temporary folder")
+    parser.add_argument(
+        "--database-url",
+        help="a postgresql:// URL (default: the workspace's SQLite file); a run without "
+        "?schema= in it uses a fresh schema, dropped afterwards",
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--require-target", action="store_true", help="exit 1 if missed")
     args = parser.parse_args(argv)
-    if not 1 <= args.processes <= 64 or not 1 <= args.appends <= 100_000:
+    if not all(1 <= n <= 64 for n in args.processes) or not 1 <= args.appends <= 100_000:
         parser.error("--processes must be 1..64 and --appends 1..100000")
     if not 0 < args.time_limit <= 3600:
         parser.error("--time-limit must be within (0, 3600] seconds")
     return args
 
 
+@contextmanager
+def store_for_run(args: argparse.Namespace, scratch: Path, run_number: int) -> Iterator[StoreSpec]:
+    """A fresh store per run: a new workspace, or a new PostgreSQL schema dropped after."""
+    workspace = args.workspace or scratch / f"workspace-{run_number}"
+    if not args.database_url:
+        yield StoreSpec(workspace=str(workspace))
+        return
+    if "schema=" in args.database_url:
+        yield StoreSpec(workspace=str(workspace), dsn=args.database_url)
+        return
+    import psycopg
+
+    schema = f"chatledger_load_{os.getpid()}_{run_number}"
+    separator = "&" if "?" in args.database_url else "?"
+    try:
+        yield StoreSpec(str(workspace), f"{args.database_url}{separator}schema={schema}")
+    finally:
+        with psycopg.connect(args.database_url, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    results = []
     with tempfile.TemporaryDirectory(prefix="chatledger-load-") as scratch:
-        if args.workspace is None:
-            args.workspace = Path(scratch) / "workspace"
-        result = run(args)
-    print_report(result)
+        for number, processes in enumerate(args.processes):
+            with store_for_run(args, Path(scratch), number) as spec:
+                result = run(argparse.Namespace(**{**vars(args), "processes": processes}), spec)
+            print_report(result)
+            results.append(result)
+    grew = print_scaling(results) if len(results) > 1 else True
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
-    failed = bool(result["problems"] or result["errors_surfaced"])
-    if args.require_target and not result["target"]["met"]:
-        failed = True
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    failed = any(result["problems"] or result["errors_surfaced"] for result in results)
+    if args.require_target:
+        on_sqlite = results[0]["environment"]["store"] == "SQLite"
+        failed = failed or not grew or (on_sqlite and not results[-1]["target"]["met"])
     return 1 if failed else 0
 
 
