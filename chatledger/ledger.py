@@ -46,6 +46,7 @@ from domain.messages import (
 )
 from domain.retention import CheckpointRecord, checkpoints_to_prune
 from domain.view import ViewState
+from infrastructure.database import Database
 from infrastructure.files import ContextFile, read_context_file, read_image
 from infrastructure.stores import open_store
 from infrastructure.token_counting import DEFAULT_CONTEXT_WINDOW, ModelTokenizer, tokenizer_for
@@ -162,12 +163,14 @@ class _Batch:
     together if the command fails."""
 
     store: Any
+    database: Database
     #: Whether cached aggregates must first catch up with other writers' events.
     fresh: bool = True
     aggregates: dict[UUID, Conversation] = field(default_factory=dict)
 
     def get(self, conversation_id: UUID) -> Conversation:
         if conversation_id not in self.aggregates:
+            self.database.lock_conversation(conversation_id)
             self.aggregates[conversation_id] = self.store.conversation(
                 conversation_id, fresh=self.fresh
             )
@@ -281,7 +284,7 @@ class Ledger:
                 with self.db.writer_lock():
                     # Cached aggregates catch up first unless nobody else can have committed
                     # since this Ledger's last save.
-                    batch = _Batch(self.store, fresh=self.db.changed_by_others())
+                    batch = _Batch(self.store, self.db, fresh=self.db.changed_by_others())
                     result = decide(batch)
                     recordings = self.store.save_conversations(*batch.aggregates.values())
                     self.db.note_own_commit()

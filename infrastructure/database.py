@@ -123,6 +123,11 @@ class Database(ABC):
         """Held by a command from deciding to saving."""
 
     @abstractmethod
+    def lock_conversation(self, conversation_id: UUID) -> None:
+        """Called inside `writer_lock` before a command reads a conversation it will change;
+        released when `writer_lock` exits."""
+
+    @abstractmethod
     def changed_by_others(self) -> bool:
         """Whether another writer may have committed since `note_own_commit` (True when
         unknown)."""

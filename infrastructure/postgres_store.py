@@ -11,11 +11,12 @@ import getpass
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from uuid import UUID
 
 import psycopg
 from eventsourcing.utils import get_topic
@@ -137,6 +138,7 @@ class PostgresDatabase(Database):
                 f"Cannot connect to PostgreSQL at {location}: {error}".strip()
             ) from None
         self._search_path = location.schema
+        self._locked = False
 
     def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
         return PostgresCursor(self.connection.cursor()).execute(statement, parameters)
@@ -158,10 +160,24 @@ class PostgresDatabase(Database):
         cursor.execute("SELECT set_config('search_path', ?, true)", (self._search_path,))
         return cursor
 
-    def writer_lock(self) -> AbstractContextManager[None]:
-        # Writers on many hosts share the database: optimistic concurrency on the stream's
-        # next position decides, and the loser decides again on fresh state.
-        return nullcontext()
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            if self._locked:
+                self.connection.execute("SELECT pg_advisory_unlock_all()")
+                self._locked = False
+
+    def lock_conversation(self, conversation_id: UUID) -> None:
+        # Writers on many hosts share the database. Optimistic concurrency on the stream's
+        # next position alone keeps the log right, but writers racing for one conversation
+        # then retry over and over (4 processes: 40% of saves, p99 300 ms); a lock per
+        # conversation, held from reading to saving, queues them instead. A command changes
+        # at most one existing conversation, so two commands never wait on each other.
+        key = int.from_bytes(conversation_id.bytes[:8], "big", signed=True)
+        self.connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+        self._locked = True
 
     def changed_by_others(self) -> bool:
         # Nothing as cheap as SQLite's data_version says whether another host committed.

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
@@ -164,6 +165,9 @@ class SQLiteDatabase(Database):
             yield
         finally:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def lock_conversation(self, conversation_id: UUID) -> None:
+        """Nothing more to lock: writer_lock already holds the whole workspace."""
 
     def _data_version(self) -> int:
         return int(self.connection.execute("PRAGMA data_version").fetchone()[0])
