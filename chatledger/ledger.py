@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import orjson
-from eventsourcing.persistence import RecordConflictError
+from eventsourcing.persistence import PersistenceError, RecordConflictError
 from pydantic import TypeAdapter, ValidationError
 
 from chatledger.model_context import ModelRequest, SessionContext, build_request
@@ -32,6 +32,7 @@ from domain.errors import (
     InvalidInput,
     NotFound,
     SnapshotNotFound,
+    StoreError,
 )
 from domain.events import ContextTrimmed, ForkPoint, ModelCalled
 from domain.hashing import GENESIS_HASH
@@ -278,13 +279,14 @@ class Ledger:
     # -- the command loop ----------------------------------------------------------------
     def _run(self, decide: Callable[[_Batch], T]) -> T:
         for attempt in range(MAX_ATTEMPTS):
+            batch = _Batch(self.store, self.db)
             try:
                 # Decide and save under the database's writer lock (see its writer_lock);
                 # where there is none, optimistic concurrency on positions decides.
                 with self.db.writer_lock():
                     # Cached aggregates catch up first unless nobody else can have committed
                     # since this Ledger's last save.
-                    batch = _Batch(self.store, self.db, fresh=self.db.changed_by_others())
+                    batch.fresh = self.db.changed_by_others()
                     result = decide(batch)
                     recordings = self.store.save_conversations(*batch.aggregates.values())
                     self.db.note_own_commit()
@@ -294,6 +296,10 @@ class Ledger:
                 self._forget(batch)
                 time.sleep(min(CONFLICT_BACKOFF * 2**attempt, 0.05) * random.random())
                 continue
+            except PersistenceError as error:
+                # The library gave up on the database (it retries dropped connections).
+                self._forget(batch)
+                raise StoreError(f"The store could not complete the command: {error}") from error
             except BaseException:
                 self._forget(batch)
                 raise

@@ -120,8 +120,14 @@ class PostgresDatabase(Database):
 
     def __init__(self, location: PostgresLocation) -> None:
         self.location = location
+        self.connection = self._connect()
+        self._search_path = location.schema
+        self._locked = False
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        location = self.location
         try:
-            self.connection = psycopg.connect(
+            return psycopg.connect(
                 location.conninfo,
                 dbname=location.dbname,
                 host=location.host,
@@ -137,21 +143,40 @@ class PostgresDatabase(Database):
             raise StoreError(
                 f"Cannot connect to PostgreSQL at {location}: {error}".strip()
             ) from None
-        self._search_path = location.schema
-        self._locked = False
+
+    def _failed(self, error: psycopg.OperationalError) -> StoreError:
+        if self.connection.broken:
+            # The server closed the connection (a restart, a failover, a terminated
+            # backend): the next call connects again.
+            self.connection = self._connect()
+            self._locked = False
+        return StoreError(f"PostgreSQL at {self.location} failed: {error}".strip())
 
     def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
-        return PostgresCursor(self.connection.cursor()).execute(statement, parameters)
+        try:
+            return PostgresCursor(self.connection.cursor()).execute(statement, parameters)
+        except psycopg.OperationalError as error:
+            if not self.connection.broken:
+                raise self._failed(error) from None
+            # A read on a connection the server closed can safely be repeated.
+            self._failed(error)
+            try:
+                return PostgresCursor(self.connection.cursor()).execute(statement, parameters)
+            except psycopg.OperationalError as again:
+                raise self._failed(again) from None
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
-        with self.connection.transaction():
-            cursor = PostgresCursor(self.connection.cursor())
-            # The lock the recorder takes to insert events: while it is held no event is
-            # inserted (or projected) by anyone else.
-            cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}s'")
-            cursor.execute(f"LOCK TABLE {self.dialect.events_table} IN EXCLUSIVE MODE")
-            yield cursor
+        try:
+            with self.connection.transaction():
+                cursor = PostgresCursor(self.connection.cursor())
+                # The lock the recorder takes to insert events: while it is held no event
+                # is inserted (or projected) by anyone else.
+                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}s'")
+                cursor.execute(f"LOCK TABLE {self.dialect.events_table} IN EXCLUSIVE MODE")
+                yield cursor
+        except psycopg.OperationalError as error:
+            raise self._failed(error) from None
 
     def projection_cursor(self, recorder_cursor: Any) -> Cursor:
         """A cursor in the recorder's insert transaction, on this store's schema (the
@@ -166,8 +191,8 @@ class PostgresDatabase(Database):
             yield
         finally:
             if self._locked:
-                self.connection.execute("SELECT pg_advisory_unlock_all()")
                 self._locked = False
+                self.execute("SELECT pg_advisory_unlock_all()")
 
     def lock_conversation(self, conversation_id: UUID) -> None:
         # Writers on many hosts share the database. Optimistic concurrency on the stream's
@@ -176,7 +201,7 @@ class PostgresDatabase(Database):
         # conversation, held from reading to saving, queues them instead. A command changes
         # at most one existing conversation, so two commands never wait on each other.
         key = int.from_bytes(conversation_id.bytes[:8], "big", signed=True)
-        self.connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+        self.execute("SELECT pg_advisory_lock(?)", (key,))
         self._locked = True
 
     def changed_by_others(self) -> bool:

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from chatledger import ConversationManager
@@ -28,3 +29,30 @@ class TestPostgresStore(StoreContract):
         manager = ConversationManager(workspace_path=workspace, database_url=self.url, **kwargs)
         self.opened.append(manager)
         return manager
+
+
+@requires_postgres
+@pytest.mark.postgres
+def test_a_server_side_disconnect_costs_no_command_and_no_event(tmp_path: Path) -> None:
+    """A restart or failover closes every connection; the next command reconnects instead of
+    failing, and nothing stored is lost or repeated."""
+    with fresh_schema() as url:
+        manager = ConversationManager(workspace_path=tmp_path, database_url=url)
+        try:
+            manager.add_message("user", "before the disconnect")
+            ledger = manager.ledger
+            with ledger.store.recorder.datastore.get_connection() as pooled:  # type: ignore[attr-defined]
+                backends = [ledger.db.connection.info.backend_pid, pooled.info.backend_pid]
+            with psycopg.connect(url.split("?")[0], autocommit=True) as admin:
+                for pid in backends:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+            manager.add_message("user", "after the disconnect")
+
+            assert [m["content"] for m in manager.get_history()] == [
+                "before the disconnect",
+                "after the disconnect",
+            ]
+            assert ledger.verify().ok
+        finally:
+            manager.close()
