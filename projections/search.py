@@ -70,6 +70,8 @@ class SQLiteMessageSearch(MessageSearch):
 def _fold(text: str) -> str:
     """Text without diacritics: the 'simple' configuration only lowercases, and the
     unaccent extension is not on every server."""
+    if text.isascii():
+        return text
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
