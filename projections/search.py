@@ -5,6 +5,7 @@ taken literally."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any, ClassVar
 
@@ -13,9 +14,13 @@ from domain.messages import text_of
 from infrastructure.database import Cursor, Dialect
 from projections.base import Handler, Projection
 
+#: Runs of letters and digits: what both engines index as words. Splitting the term the same
+#: way keeps every word a single token, so no engine sees a phrase or an operator in it.
+_WORD = re.compile(r"[^\W_]+")
+
 
 def search_words(search_term: str) -> list[str]:
-    return [word for word in search_term.replace('"', " ").split() if word]
+    return _WORD.findall(search_term)
 
 
 class MessageSearch(Projection):
@@ -57,7 +62,6 @@ class SQLiteMessageSearch(MessageSearch):
         )
 
     def conversations_matching(self, search_term: str) -> tuple[str, list[Any]]:
-        # Quoted words are FTS5 strings, so FTS5 operators in user input are taken literally.
         words = search_words(search_term)
         expression = " ".join(f'"{word}"*' for word in words) if words else '""'
         return (
@@ -96,12 +100,7 @@ class PostgresMessageSearch(MessageSearch):
         )
 
     def conversations_matching(self, search_term: str) -> tuple[str, list[Any]]:
-        # Each word is a quoted tsquery lexeme with a prefix mark, so &, |, !, : and
-        # parentheses in user input are taken literally.
-        words = [
-            _fold(word).replace("\\", "\\\\").replace("'", "''")
-            for word in search_words(search_term)
-        ]
+        words = [_fold(word) for word in search_words(search_term)]
         query = " & ".join(f"'{word}':*" for word in words)
         if not query:
             return "SELECT conversation_id FROM message_search WHERE false", []

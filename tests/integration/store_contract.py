@@ -215,6 +215,27 @@ class StoreContract:
                 "token_count",
             }
 
+    async def test_search_finds_words_and_prefixes_in_any_message_of_a_conversation(
+        self, workspace: Path
+    ) -> None:
+        manager = self.manager(workspace)
+        manager.add_message("user", "Morning question")
+        manager.add_message("assistant", "Le café est prêt, and the deployment finished.")
+        wanted = manager.get_conversation_id()
+        manager.reset()
+        manager.add_message("user", "Something unrelated entirely")
+
+        def found(term: str) -> list[str]:
+            return [c["id"] for c in manager.list_conversations(search_term=term)]
+
+        assert found("CAFE") == [wanted]  # case and diacritics do not matter
+        assert found("deploy") == [wanted]  # a word prefix matches
+        assert found("pret deploy") == [wanted]  # every word must appear
+        assert found("deploy wombat") == []
+        # Search syntax of either engine in user input is taken literally, never an error.
+        for hostile in ['"', "a OR b", "cafe & !x", "(", "'", "\\", ":*", "NEAR(a b)", "-x", "*"]:
+            assert isinstance(found(hostile), list)
+
     # -- sessions, cache, usage --------------------------------------------------------
     async def test_sessions_roll_over_with_one_marker_and_carried_pins(
         self, workspace: Path
