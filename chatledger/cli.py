@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,7 @@ from chatledger.provider_selection import select_provider
 from chatledger.providers import Provider
 from chatledger.replay import ReplayMismatch, replay
 from domain.errors import ChatledgerError, ConversationNotFound
+from infrastructure.postgres_store import PostgresDatabase, is_postgres_url, parse_database_url
 from infrastructure.sqlite_store import DB_FILE
 from infrastructure.stores import database_url_from
 
@@ -39,18 +42,60 @@ def _workspace(workspace: Path | None) -> Path:
     return workspace or Path.cwd() / ".chatledger"
 
 
+def _missing_store(path: Path) -> str | None:
+    """Where the store should be, if there is none there; None if there is one (or the URL
+    is one that opening the store will refuse with its own message)."""
+    url = database_url_from(None)
+    if url is None:
+        return None if path.is_file() or (path / DB_FILE).exists() else str(path)
+    if not is_postgres_url(url):
+        return None
+    # Opening the store would create the schema and its tables: a typo in ?schema= would
+    # leave an empty store behind and list nothing instead of saying so.
+    location = parse_database_url(url)
+    database = PostgresDatabase(location)
+    try:
+        found = database.execute(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = ? AND tablename = ?",
+            (location.schema, database.dialect.events_table),
+        ).fetchone()
+    finally:
+        database.close()
+    return None if found else str(location)
+
+
 def _ledger(workspace: Path | None) -> Ledger:
     """Opens an existing store; reading commands never create one where there is none."""
     path = _workspace(workspace)
-    on_sqlite = database_url_from(None) is None
-    if on_sqlite and not path.is_file() and not (path / DB_FILE).exists():
-        console.print(f"[red]error:[/red] no chatledger store in {path} (run a chat there first).")
-        raise typer.Exit(2)
     try:
+        missing = _missing_store(path)
+        if missing is not None:
+            console.print(
+                f"[red]error:[/red] no chatledger store in {missing} (run a chat there first)."
+            )
+            raise typer.Exit(2)
         return Ledger(path)
     except ChatledgerError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def _opened(workspace: Path | None) -> Iterator[Ledger]:
+    # On PostgreSQL a Ledger holds connections and a pool's threads until closed; in-process
+    # callers (tests, scripts) run many commands.
+    ledger = _ledger(workspace)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def _store_name(ledger: Ledger) -> str:
+    """Which store a ledger uses, with no password in it."""
+    if isinstance(ledger.db, PostgresDatabase):
+        return f"store: {ledger.db.location}"
+    return f"workspace: {ledger.workspace}"
 
 
 DEMO_TURNS = (
@@ -66,6 +111,13 @@ async def _demo(workspace: Path) -> None:
     manager = ConversationManager(
         workspace_path=workspace, system_prompt="You are a concise travel assistant."
     )
+    try:
+        await _demo_script(manager)
+    finally:
+        manager.close()
+
+
+async def _demo_script(manager: ConversationManager) -> None:
     for turn in DEMO_TURNS:
         console.print(f"[bold cyan]user[/]: {turn}")
         console.print(f"[bold green]assistant[/]: {await manager.process_message(turn)}")
@@ -97,8 +149,7 @@ async def _demo(workspace: Path) -> None:
         f"[bold]verify[/] {'ok' if report.ok else 'BROKEN'}: "
         f"{report.events} events in {report.conversations} conversations"
     )
-    console.print(f"workspace: {workspace}")
-    manager.close()
+    console.print(_store_name(manager.ledger))
 
 
 @app.command()
@@ -174,12 +225,12 @@ def verify(
     # Imported here to keep this command's changes in one place.
     from infrastructure.verification import write_anchor
 
-    ledger = _ledger(workspace)
-    try:
-        report = ledger.verify(conversation, anchor)
-    except ChatledgerError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+    with _opened(workspace) as ledger:
+        try:
+            report = ledger.verify(conversation, anchor)
+        except ChatledgerError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
     for chain_break in report.breaks:
         console.print(f"[red]BROKEN[/red] {chain_break}")
     console.print(f"{report.events} events in {report.conversations} conversations checked.")
@@ -206,7 +257,9 @@ def list_conversations(
 ) -> None:
     """List conversations, newest first."""
     table = Table(id_column(), "title", "messages", "tokens", "last active")
-    for row in _ledger(workspace).list_conversations(limit, 0, search):
+    with _opened(workspace) as ledger:
+        rows = ledger.list_conversations(limit, 0, search)
+    for row in rows:
         table.add_row(
             row["id"],
             row["title"],
@@ -228,21 +281,23 @@ def _print_messages(messages: list[dict[str, object]]) -> None:
 @app.command()
 def show(conversation: str, workspace: WorkspaceOption = None) -> None:
     """Print a conversation's active transcript."""
-    try:
-        _print_messages(_ledger(workspace).history(conversation))
-    except ChatledgerError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+    with _opened(workspace) as ledger:
+        try:
+            _print_messages(ledger.history(conversation))
+        except ChatledgerError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
 
 
 @app.command("as-of")
 def as_of(conversation: str, position: int, workspace: WorkspaceOption = None) -> None:
     """Print the transcript exactly as it was right after event POSITION."""
-    try:
-        _print_messages(_ledger(workspace).as_of(conversation, position))
-    except ChatledgerError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+    with _opened(workspace) as ledger:
+        try:
+            _print_messages(ledger.as_of(conversation, position))
+        except ChatledgerError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
 
 
 @app.command()
@@ -252,11 +307,12 @@ def context(
     workspace: WorkspaceOption = None,
 ) -> None:
     """What the model was (or would be) sent at a position, and what was left out and why."""
-    try:
-        manifest = _ledger(workspace).context_at(conversation, at)
-    except ChatledgerError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+    with _opened(workspace) as ledger:
+        try:
+            manifest = ledger.context_at(conversation, at)
+        except ChatledgerError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
     console.print(
         f"[bold]context[/] of {manifest['conversation_id']} at position {manifest['position']}: "
         f"{manifest['tokens']} of {manifest['usable_window']} tokens, "
@@ -298,18 +354,20 @@ def checkpoints(
     limit: int = 50,
 ) -> None:
     """List live checkpoints, newest first."""
-    try:
-        rows = _ledger(workspace).checkpoints(conversation, None, limit)
-    except ChatledgerError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+    with _opened(workspace) as ledger:
+        try:
+            rows = ledger.checkpoints(conversation, None, limit)
+        except ChatledgerError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
     _print_checkpoints([row.as_dict() for row in rows])
 
 
 @app.command()
 def tree(workspace: WorkspaceOption = None) -> None:
     """Print the branch tree of all conversations."""
-    _print_tree(_ledger(workspace))
+    with _opened(workspace) as ledger:
+        _print_tree(ledger)
 
 
 CHAT_HELP = (
@@ -334,13 +392,17 @@ def chat(
             system_prompt=system_prompt,
             model_config={"provider": provider, "model": model, "base_url": base_url},
         )
-        if conversation and not manager.load(conversation):
-            raise ConversationNotFound(f"No conversation with id {conversation}.")
     except ChatledgerError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    console.print(f"[dim]{CHAT_HELP}[/]")
     try:
+        try:
+            if conversation and not manager.load(conversation):
+                raise ConversationNotFound(f"No conversation with id {conversation}.")
+        except ChatledgerError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
+        console.print(f"[dim]{CHAT_HELP}[/]")
         asyncio.run(_chat_loop(manager))
     finally:
         manager.close()
@@ -420,18 +482,16 @@ def replay_command(
     """Re-run a recorded conversation. From the record it must reproduce every answer and
     context exactly (exit 0, or 1 naming the first difference); against a model it reports
     per turn where answers and contexts diverge."""
-    ledger = _ledger(workspace)
-    try:
-        provider = _provider(model, base_url) if model else None
-        report = asyncio.run(replay(ledger, conversation, provider=provider))
-    except ReplayMismatch as mismatch:
-        console.print(f"[red]MISMATCH[/red] {mismatch}")
-        raise typer.Exit(1) from None
-    except ChatledgerError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
-    finally:
-        ledger.close()
+    with _opened(workspace) as ledger:
+        try:
+            provider = _provider(model, base_url) if model else None
+            report = asyncio.run(replay(ledger, conversation, provider=provider))
+        except ReplayMismatch as mismatch:
+            console.print(f"[red]MISMATCH[/red] {mismatch}")
+            raise typer.Exit(1) from None
+        except ChatledgerError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
     table = Table("turn", "context", "answer", "answer now")
     for turn in report.turns:
         table.add_row(
@@ -458,5 +518,6 @@ def _provider(spec: str, base_url: str | None) -> Provider:
 @app.command()
 def rebuild(workspace: WorkspaceOption = None) -> None:
     """Drop every projection and rebuild it from the log."""
-    applied = _ledger(workspace).rebuild_projections()
+    with _opened(workspace) as ledger:
+        applied = ledger.rebuild_projections()
     console.print(f"Rebuilt projections from {applied} events.")

@@ -1,34 +1,83 @@
-"""End to end: the `chatledger` command line against a real workspace.
+"""End to end: the `chatledger` command line against a real workspace, on each store: the
+workspace's SQLite file and, when CHATLEDGER_TEST_POSTGRES names a server, a fresh PostgreSQL
+schema that the CLI is pointed at through CHATLEDGER_DATABASE_URL.
 
-The demo runs once per module as a real subprocess of the installed console script, and so do
-a verify and an error case; the other commands run in-process through typer's CliRunner (same
-app, same workspace, a fraction of the start-up time). What they print is checked against the
-Ledger's own answers for the same workspace."""
+The demo runs once per module and store as a real subprocess of the installed console script,
+and so do a verify and an error case; the other commands run in-process through typer's
+CliRunner (same app, same store, a fraction of the start-up time). What they print is checked
+against the Ledger's own answers for the same store."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
 from chatledger import cli
 from chatledger.ledger import Ledger
+from infrastructure.postgres_store import parse_database_url
+from infrastructure.stores import DATABASE_URL_VARIABLE
+from tests.postgres import DSN, fresh_schema, requires_postgres
 
+UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 EXECUTABLE = shutil.which("chatledger")
 
 pytestmark = pytest.mark.skipif(
     EXECUTABLE is None, reason="the chatledger console script is not installed"
 )
+
+
+STORES = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=[requires_postgres, pytest.mark.postgres]),
+]
+READING_COMMANDS = [
+    pytest.param([name], id=name) for name in ("ls", "verify", "tree", "checkpoints", "rebuild")
+]
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where the CLI keeps its log: the workspace's SQLite file (no url) or a PostgreSQL
+    schema (a url with ?schema=)."""
+
+    name: str
+    url: str | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        # Empty means the workspace's SQLite file, whatever the caller's environment holds.
+        return {DATABASE_URL_VARIABLE: self.url or ""}
+
+    @contextmanager
+    def ledger(self, workspace: Path) -> Iterator[Ledger]:
+        ledger = Ledger(workspace, database_url=self.url or "")
+        try:
+            yield ledger
+        finally:
+            ledger.close()
+
+
+@contextmanager
+def open_store(name: str) -> Iterator[Store]:
+    if name == "sqlite":
+        yield Store(name)
+        return
+    with fresh_schema() as url:
+        yield Store(name, url)
 
 
 @dataclass(frozen=True)
@@ -43,7 +92,9 @@ class Result:
         return " ".join((self.out + self.err).split())
 
 
-def chatledger(*args: str | Path, cwd: Path | None = None) -> Result:
+def chatledger(
+    *args: str | Path, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> Result:
     assert EXECUTABLE is not None
     completed = subprocess.run(
         [EXECUTABLE, *map(str, args)],
@@ -51,7 +102,7 @@ def chatledger(*args: str | Path, cwd: Path | None = None) -> Result:
         text=True,
         timeout=60,
         cwd=cwd,
-        env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"},
+        env={**os.environ, **(env or {}), "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"},
         check=False,
     )
     result = Result(completed.returncode, completed.stdout, completed.stderr)
@@ -60,22 +111,30 @@ def chatledger(*args: str | Path, cwd: Path | None = None) -> Result:
 
 
 @pytest.fixture(autouse=True)
-def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process runs print through cli.console; make it wide so nothing is truncated."""
+def cli_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs print through cli.console; make it wide so nothing is truncated. And a
+    test runs on the workspace's SQLite file unless it asks for another store, even where the
+    developer's shell sets CHATLEDGER_DATABASE_URL."""
     monkeypatch.setattr(cli, "console", Console(width=250, no_color=True))
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, "")
 
 
 def invoke(*args: str | Path) -> Result:
-    """The same app in-process (typer's CliRunner); an unexpected exception fails the test."""
+    """The same app in-process (typer's CliRunner); an unexpected exception fails the test,
+    and so does a thread left running (on PostgreSQL an unclosed Ledger keeps its pool's)."""
+    threads = set(threading.enumerate())
     result = CliRunner().invoke(cli.app, [str(a) for a in args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     assert "Traceback" not in result.stdout + result.stderr
+    left_running = [t.name for t in threading.enumerate() if t not in threads and t.is_alive()]
+    assert not left_running, f"chatledger {' '.join(map(str, args))} left {left_running}"
     return Result(result.exit_code, result.stdout, result.stderr)
 
 
 @dataclass(frozen=True)
 class Demo:
+    store: Store
     workspace: Path
     result: Result
     parent: str
@@ -84,32 +143,45 @@ class Demo:
     events: int
 
 
-def _ledger_facts(workspace: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    ledger = Ledger(workspace)
-    try:
-        conversations = ledger.list_conversations()
-        branches = ledger.branch_tree()
-        events = ledger.verify().events
-    finally:
-        ledger.close()
-    return conversations, branches, events
+@pytest.fixture(scope="module", params=STORES)
+def demo_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Demo]:
+    with open_store(request.param) as store:
+        workspace = tmp_path_factory.mktemp("cli") / "ws"
+        result = chatledger("demo", "--workspace", workspace, env=store.env)
+        assert result.code == 0, result.out + result.err
+        with store.ledger(workspace) as ledger:
+            conversations = ledger.list_conversations()
+            branches = ledger.branch_tree()
+            events = ledger.verify().events
+        assert len(branches) == 1
+        yield Demo(
+            store,
+            workspace,
+            result,
+            parent=branches[0]["parent_id"],
+            branch=branches[0]["branch_id"],
+            conversations=conversations,
+            events=events,
+        )
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
-    workspace = tmp_path_factory.mktemp("cli") / "ws"
-    result = chatledger("demo", "--workspace", workspace)
-    assert result.code == 0, result.out + result.err
-    conversations, branches, events = _ledger_facts(workspace)
-    assert len(branches) == 1
-    return Demo(
-        workspace,
-        result,
-        parent=branches[0]["parent_id"],
-        branch=branches[0]["branch_id"],
-        conversations=conversations,
-        events=events,
-    )
+@pytest.fixture
+def demo(demo_run: Demo, cli_defaults: None, monkeypatch: pytest.MonkeyPatch) -> Demo:
+    """The module's demo on one store; the test's commands, in-process or not, use that store."""
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, demo_run.store.url or "")
+    return demo_run
+
+
+@pytest.fixture(params=STORES)
+def store(
+    request: pytest.FixtureRequest, cli_defaults: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
+    """An empty store of the test's own; the test's commands use it."""
+    with open_store(request.param) as opened:
+        monkeypatch.setenv(DATABASE_URL_VARIABLE, opened.url or "")
+        yield opened
 
 
 def test_demo_prints_turns_tree_checkpoints_and_usage(demo: Demo) -> None:
@@ -139,7 +211,19 @@ def test_demo_prints_turns_tree_checkpoints_and_usage(demo: Demo) -> None:
     assert 0 < int(usage.group(1)) < int(usage.group(2))
     assert "categories=" in text and "'DIALOG'" in text
     assert f"verify ok: {demo.events} events in 2 conversations" in text
-    assert (demo.workspace / "chatledger.db").is_file()
+    # the last line names the store the demo wrote to
+    last_line = demo.result.out.strip().splitlines()[-1]
+    if demo.store.url is None:
+        assert last_line == f"workspace: {demo.workspace}"
+        assert (demo.workspace / "chatledger.db").is_file()
+    else:
+        location = parse_database_url(demo.store.url)
+        assert last_line == (
+            f"store: postgresql://{location.user}@{location.host}:{location.port}/"
+            f"{location.dbname} ({location.schema})"
+        )
+        # nothing of the store went to the workspace
+        assert not (demo.workspace / "chatledger.db").exists()
 
 
 def test_verify_exits_0(demo: Demo) -> None:
@@ -171,12 +255,9 @@ def test_ls_lists_both_conversations(demo: Demo) -> None:
 
 
 def test_show_prints_the_active_transcript(demo: Demo) -> None:
-    ledger = Ledger(demo.workspace)
-    try:
+    with demo.store.ledger(demo.workspace) as ledger:
         parent_history = ledger.history(demo.parent)
         branch_history = ledger.history(demo.branch)
-    finally:
-        ledger.close()
 
     parent = invoke("show", demo.parent, "--workspace", demo.workspace)
     assert parent.code == 0, parent.text
@@ -198,13 +279,10 @@ def test_show_prints_the_active_transcript(demo: Demo) -> None:
 
 
 def test_as_of_shows_the_past(demo: Demo) -> None:
-    ledger = Ledger(demo.workspace)
-    try:
+    with demo.store.ledger(demo.workspace) as ledger:
         before_rollback = ledger.checkpoints(demo.parent, "rollback")[0].position
         expected = ledger.as_of(demo.parent, before_rollback)
         first_turn = ledger.as_of(demo.parent, 3)
-    finally:
-        ledger.close()
 
     result = invoke("as-of", demo.parent, str(before_rollback), "-w", demo.workspace)
     assert result.code == 0, result.text
@@ -221,12 +299,9 @@ def test_as_of_shows_the_past(demo: Demo) -> None:
 
 
 def test_checkpoints_and_tree(demo: Demo) -> None:
-    ledger = Ledger(demo.workspace)
-    try:
+    with demo.store.ledger(demo.workspace) as ledger:
         manual = ledger.checkpoints(demo.parent, "manual")
         live = ledger.checkpoints(limit=50)
-    finally:
-        ledger.close()
 
     result = invoke("checkpoints", "-w", demo.workspace)
     assert result.code == 0, result.text
@@ -247,26 +322,30 @@ def test_checkpoints_and_tree(demo: Demo) -> None:
     assert "forked at position" in tree.text
 
 
-def _projection_dump(workspace: Path) -> dict[str, list[tuple[Any, ...]]]:
-    tables = ("conversations", "checkpoints", "snapshots", "sessions", "branches")
-    db = sqlite3.connect(workspace / "chatledger.db")
-    try:
-        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
-    finally:
-        db.close()
+def _projection_dump(store: Store, workspace: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with store.ledger(workspace) as ledger:
+        tables = ledger.projections.readable_tables()
+        assert "conversations" in tables and "checkpoints" in tables
+        return ledger.read.table_dump(tables)
 
 
 def test_rebuild_then_verify(demo: Demo, tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
-    shutil.copytree(demo.workspace, workspace)
+    if demo.store.url is None:
+        # A copy, so that a broken rebuild cannot spoil the other tests' workspace.
+        workspace = tmp_path / "ws"
+        shutil.copytree(demo.workspace, workspace)
+    else:
+        # The demo's own schema, as PostgreSQL has no cheap copy of one: a rebuild that
+        # changed anything fails here, before the tests after it read the changed views.
+        workspace = demo.workspace
     ls_before = invoke("ls", "-w", workspace)
-    projections_before = _projection_dump(workspace)
+    projections_before = _projection_dump(demo.store, workspace)
 
     rebuilt = invoke("rebuild", "-w", workspace)
     assert rebuilt.code == 0, rebuilt.text
     assert f"Rebuilt projections from {demo.events} events." in rebuilt.text
 
-    assert _projection_dump(workspace) == projections_before
+    assert _projection_dump(demo.store, workspace) == projections_before
     verified = invoke("verify", "-w", workspace)
     assert verified.code == 0, verified.text
     ls_after = invoke("ls", "-w", workspace)
@@ -325,13 +404,67 @@ def test_unusable_workspace_exits_2(tmp_path: Path, command: str) -> None:
     assert "is a file; give a folder path instead" in result.text
 
 
-@pytest.mark.parametrize("command", [["ls"], ["verify"], ["tree"], ["checkpoints"], ["rebuild"]])
+@pytest.mark.parametrize("command", READING_COMMANDS)
 def test_reading_commands_never_create_a_store(tmp_path: Path, command: list[str]) -> None:
     missing = tmp_path / "typo"
     result = invoke(*command, "--workspace", missing)
     assert result.code == 2
     assert "no chatledger store" in result.text
     assert not missing.exists()
+
+
+def _schema_exists(url: str) -> bool:
+    assert DSN is not None
+    schema = parse_database_url(url).schema
+    with psycopg.connect(DSN) as connection:
+        found = connection.execute(
+            "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (schema,)
+        ).fetchone()
+    return found is not None
+
+
+@requires_postgres
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", READING_COMMANDS)
+def test_reading_commands_never_create_a_postgres_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # fresh_schema names a schema without creating it: a typo in ?schema= is just that.
+    with fresh_schema() as url:
+        monkeypatch.setenv(DATABASE_URL_VARIABLE, url)
+        result = invoke(*command, "--workspace", tmp_path / "ws")
+        assert result.code == 2, result.text
+        assert f"error: no chatledger store in {parse_database_url(url)}" in result.text
+        assert not _schema_exists(url)
+        assert not (tmp_path / "ws").exists()
+
+
+# Nothing listens on port 1; the password must never be printed.
+UNREACHABLE = "postgresql://postgres:s3cret@127.0.0.1:1/test"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        *READING_COMMANDS,
+        pytest.param(["show", UNKNOWN_ID], id="show"),
+        pytest.param(["demo"], id="demo"),
+        pytest.param(["chat"], id="chat"),
+    ],
+)
+def test_unreachable_postgres_exits_2_with_a_readable_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, UNREACHABLE)
+    result = invoke(*command, "--workspace", tmp_path / "ws")
+    assert result.code == 2, result.text
+    assert result.out.startswith(
+        "error: Cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/test (public)"
+    ), result.out
+    assert "Connection refused" in result.text
+    assert "s3cret" not in result.text
+    assert len(result.out.strip().splitlines()) <= 4, result.out
+    assert not (tmp_path / "ws").exists()
 
 
 def test_context_shows_what_the_model_was_sent(demo: Demo) -> None:
@@ -354,7 +487,7 @@ def test_replay_reproduces_the_demo_and_names_a_mismatch(demo: Demo) -> None:
     assert missing.code == 2 and "No conversation" in missing.text
 
 
-def test_chat_streams_answers_and_obeys_slash_commands(tmp_path: Path) -> None:
+def test_chat_streams_answers_and_obeys_slash_commands(store: Store, tmp_path: Path) -> None:
     assert EXECUTABLE is not None
     script = "\n".join(
         [
@@ -374,6 +507,7 @@ def test_chat_streams_answers_and_obeys_slash_commands(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **store.env},
     )
     out = " ".join((completed.stdout + completed.stderr).split())
     assert completed.returncode == 0, out
@@ -381,10 +515,10 @@ def test_chat_streams_answers_and_obeys_slash_commands(tmp_path: Path) -> None:
     assert "checkpoint cp_" in out and "tokens (" in out and "messages sent" in out
     assert "unknown command" in out and "No checkpoint 'cp_missing'" in out
     assert "Traceback" not in out
-    ledger = Ledger(tmp_path / "ws")
-    try:
+    with store.ledger(tmp_path / "ws") as ledger:
         (conversation,) = ledger.list_conversations()
         texts = [m["content"] for m in ledger.history(conversation["id"])]
-    finally:
-        ledger.close()
     assert texts[0] == "Be brief." and texts[1] == "Hello there" and len(texts) == 5
+
+    unknown = invoke("chat", "--conversation", UNKNOWN_ID, "-w", tmp_path / "ws")
+    assert unknown.code == 2 and f"error: No conversation with id {UNKNOWN_ID}." in unknown.text
