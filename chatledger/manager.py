@@ -69,24 +69,29 @@ class ConversationManager:
             database_url=database_url,
         )
         self.workspace = self.ledger.workspace
-        prompt_tokens = (
-            self.ledger.tokens.count_parts("system", content_parts(system_prompt))
-            if (system_prompt.strip())
-            else 0
-        )
-        prompt = ContextItem("system prompt", Category.SYSTEM, prompt_tokens, 0, "system")
-        if not fits_system([prompt], self.ledger.window):
-            self.ledger.close()
-            raise InvalidInput(
-                f"The system prompt needs {prompt_tokens} tokens but the usable window holds "
-                f"{self.ledger.window.usable}: the window cannot hold the SYSTEM messages."
+        # A refused manager is never closed by its caller, and its Ledger holds the store (on
+        # PostgreSQL, connections and a pool thread) until closed.
+        try:
+            prompt_tokens = (
+                self.ledger.tokens.count_parts("system", content_parts(system_prompt))
+                if (system_prompt.strip())
+                else 0
             )
-        self.model_config = model_config
-        self.api_client = api_client
-        self.provider: Provider = select_provider(model_config, api_client)
-        #: Attempts per model call, and the first backoff in seconds (doubling).
-        self.max_attempts = int(config_value(model_config, "max_attempts") or 3)
-        self.retry_backoff = float(config_value(model_config, "retry_backoff") or 0.5)
+            prompt = ContextItem("system prompt", Category.SYSTEM, prompt_tokens, 0, "system")
+            if not fits_system([prompt], self.ledger.window):
+                raise InvalidInput(
+                    f"The system prompt needs {prompt_tokens} tokens but the usable window holds "
+                    f"{self.ledger.window.usable}: the window cannot hold the SYSTEM messages."
+                )
+            self.model_config = model_config
+            self.api_client = api_client
+            self.provider: Provider = select_provider(model_config, api_client)
+            #: Attempts per model call, and the first backoff in seconds (doubling).
+            self.max_attempts = int(config_value(model_config, "max_attempts") or 3)
+            self.retry_backoff = float(config_value(model_config, "retry_backoff") or 0.5)
+        except BaseException:
+            self.ledger.close()
+            raise
         self.system_prompt = system_prompt
         # Every event is durable when its call returns; kept for Penguin compatibility.
         self.auto_save_interval = auto_save_interval

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 from uuid import UUID
 
 import psycopg
@@ -39,7 +39,9 @@ from infrastructure.schema import (
 #: Seconds to wait for the server, and for another writer's lock on the log.
 CONNECT_TIMEOUT = 10
 LOCK_TIMEOUT = 30
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: Lower case only: the library and our search_path name the schema unquoted, and PostgreSQL
+#: folds unquoted names to lower case.
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def is_postgres_url(url: str) -> bool:
@@ -62,19 +64,25 @@ class PostgresLocation:
 
 
 def parse_database_url(url: str) -> PostgresLocation:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        raise StoreError(f"The database URL is not valid: {error}.") from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((value for key, value in query if key == "schema"), "public")
-    if not _SCHEMA_NAME.match(schema):
+    # fullmatch: `$` would also match before a trailing newline.
+    if not _SCHEMA_NAME.fullmatch(schema):
         raise StoreError(
             f"Schema {schema!r} in the database URL is not a plain PostgreSQL name "
-            "(letters, digits and underscores, at most 63)."
+            "(lower-case letters, digits and underscores, at most 63)."
         )
-    libpq_url = urlunsplit(parts._replace(query=urlencode([q for q in query if q[0] != "schema"])))
+    # Not urlunsplit: it drops the "//" of a URL without a host (postgresql:///dbname).
+    others = urlencode([q for q in query if q[0] != "schema"])
+    libpq_url = re.split("[?#]", url, maxsplit=1)[0] + (f"?{others}" if others else "")
     try:
         params = conninfo_to_dict(libpq_url)
     except psycopg.ProgrammingError as error:
-        raise StoreError(f"The database URL is not valid: {error}.") from None
+        raise StoreError(f"The database URL is not valid: {str(error).strip()}.") from None
     return PostgresLocation(
         dbname=str(params.get("dbname") or os.environ.get("PGDATABASE") or "postgres"),
         host=str(params.get("host") or os.environ.get("PGHOST") or "localhost"),

@@ -4,14 +4,19 @@ Table-driven: each row is one bad call through the Ledger or the ConversationMan
 ChatledgerError subclass it must raise and a fragment of the message a person would need.
 After every call the stored events (count and bytes) and the history are unchanged. Penguin's
 wrappers (load, load_context_file, rollback_to_checkpoint, ...) return False/None instead,
-while the Ledger method underneath raises the typed error."""
+while the Ledger method underneath raises the typed error.
+
+Every case runs on both stores, the workspace's SQLite file and PostgreSQL. So do the stores
+that cannot be opened, as far as they can go wrong on both (a newer schema version); the
+rest are each store's own: SQLite files that are not chatledger's, and database URLs that
+name no usable PostgreSQL store."""
 
 from __future__ import annotations
 
 import inspect
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +38,12 @@ from chatledger import (
     WorkspaceError,
 )
 from chatledger.ledger import Ledger
+from infrastructure.stores import DATABASE_URL_VARIABLE
+from tests.stores import Store, store_fixture  # noqa: F401
 
 DB = "chatledger.db"
+#: The workspace's SQLite file, even where CHATLEDGER_DATABASE_URL is set.
+SQLITE = ""
 UNKNOWN_UUID = "0123456789abcdef0123456789abcdef"
 UNKNOWN_CHECKPOINT = "cp_" + "ab" * 16
 UNKNOWN_SNAPSHOT = "snap_" + "cd" * 16
@@ -43,6 +52,7 @@ UNKNOWN_SNAPSHOT = "snap_" + "cd" * 16
 # -- fixtures -----------------------------------------------------------------------------
 @dataclass
 class Ctx:
+    store: Store
     workspace: Path
     files: Path
     conversation: UUID
@@ -80,52 +90,48 @@ def _sample_files(root: Path, workspace: Path) -> Path:
 
 
 @pytest.fixture
-def ledger_ctx(tmp_path: Path) -> Iterator[Ctx]:
+def ledger_ctx(tmp_path: Path, store: Store) -> Ctx:
     workspace = tmp_path / "ws"
-    ledger = Ledger(workspace)
+    ledger = store.ledger(workspace)
     conversation = ledger.start_conversation(title="bad input", system_prompt="Be brief.")
     ledger.append_message(conversation, "user", "hello")
     ledger.append_message(conversation, "assistant", "hi there")
     checkpoint = ledger.create_checkpoint(conversation, CheckpointType.MANUAL, "cp")
     snapshot = ledger.take_snapshot(conversation, {"name": "snap"})
     files = _sample_files(tmp_path, workspace)
-    yield Ctx(workspace, files, conversation, checkpoint, snapshot, ledger=ledger)
-    ledger.close()
+    return Ctx(store, workspace, files, conversation, checkpoint, snapshot, ledger=ledger)
 
 
 @pytest.fixture
-async def manager_ctx(tmp_path: Path) -> AsyncIterator[Ctx]:
+async def manager_ctx(tmp_path: Path, store: Store) -> Ctx:
     workspace = tmp_path / "ws"
-    manager = ConversationManager(workspace_path=workspace, system_prompt="Be brief.")
+    manager = store.manager(workspace, system_prompt="Be brief.")
     await manager.process_message("hello")
     checkpoint = await manager.create_manual_checkpoint("cp")
     snapshot = manager.create_snapshot(meta={"name": "snap"})
     assert checkpoint is not None and snapshot is not None
     files = _sample_files(tmp_path, workspace)
     conversation = UUID(manager.get_conversation_id())
-    yield Ctx(workspace, files, conversation, checkpoint, snapshot, manager=manager)
-    manager.close()
+    return Ctx(store, workspace, files, conversation, checkpoint, snapshot, manager=manager)
 
 
 # -- what "nothing changed" means ------------------------------------------------------------
-def stored_rows(workspace: Path) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(workspace / DB)
-    try:
-        return db.execute(
-            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events "
-            "ORDER BY rowid"
-        ).fetchall()
-    finally:
-        db.close()
+# Read on a connection of the test's own, in the store's own terms (its log table, and the
+# column that numbers the log), so the same check holds on SQLite and PostgreSQL.
+def stored_rows(ctx: Ctx) -> list[tuple[Any, ...]]:
+    log, number = ctx.store.dialect.events_table, ctx.store.dialect.notification_column
+    return ctx.store.rows(
+        ctx.workspace,
+        f"SELECT {number}, originator_id, originator_version, topic, state FROM {log} "
+        f"ORDER BY {number}",
+    )
 
 
-def projection_rows(workspace: Path) -> dict[str, list[tuple[Any, ...]]]:
+def projection_rows(ctx: Ctx) -> dict[str, list[tuple[Any, ...]]]:
     tables = ("conversations", "checkpoints", "snapshots", "projection_tracking")
-    db = sqlite3.connect(workspace / DB)
-    try:
-        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
-    finally:
-        db.close()
+    return {
+        t: sorted(ctx.store.rows(ctx.workspace, f"SELECT * FROM {t}"), key=repr) for t in tables
+    }
 
 
 @dataclass
@@ -138,25 +144,26 @@ class Before:
 
 def before(ctx: Ctx) -> Before:
     return Before(
-        stored_rows(ctx.workspace),
-        projection_rows(ctx.workspace),
+        stored_rows(ctx),
+        projection_rows(ctx),
         ctx.lg.history(ctx.conversation),
         ctx.manager.get_conversation_id() if ctx.manager else None,
     )
 
 
 def assert_unchanged(ctx: Ctx, was: Before) -> None:
-    rows = stored_rows(ctx.workspace)
+    rows = stored_rows(ctx)
     assert len(rows) == len(was.rows), "events were appended or removed"
     assert rows == was.rows, "stored events changed"
-    assert projection_rows(ctx.workspace) == was.projections
+    assert projection_rows(ctx) == was.projections
     assert ctx.lg.history(ctx.conversation) == was.history
     if ctx.manager is not None:
         assert ctx.manager.get_conversation_id() == was.active, "the active conversation moved"
     # The write model is not left holding an unsaved change either: a good append still
     # lands at the next position.
     appended = ctx.lg.append_message(ctx.conversation, "user", "still works")
-    assert appended.position == max(r[2] for r in rows if r[1] == ctx.conversation.hex) + 1
+    ours = [r[2] for r in rows if ctx.store.dialect.stream_id(r[1]) == ctx.conversation]
+    assert appended.position == max(ours) + 1
     assert ctx.lg.verify().ok
 
 
@@ -761,7 +768,7 @@ async def test_penguin_wrappers_return_false_while_the_ledger_raises(
 
 
 def assert_unchanged_no_append(ctx: Ctx, was: Before) -> None:
-    assert stored_rows(ctx.workspace) == was.rows
+    assert stored_rows(ctx) == was.rows
     assert ctx.lg.history(ctx.conversation) == was.history
     assert ctx.m.get_conversation_id() == was.active
 
@@ -780,6 +787,8 @@ async def test_wrappers_still_work_after_failures(manager_ctx: Ctx) -> None:
 
 
 # -- workspaces and database files that cannot be opened ---------------------------------
+# SQLite files only: PostgreSQL's own equivalents follow (a newer schema version, and URLs
+# that cannot name a store).
 def _workspace_is_a_file(root: Path) -> Path:
     path = root / "i-am-a-file"
     path.write_text("not a folder")
@@ -805,22 +814,8 @@ def _foreign_database(root: Path) -> Path:
     return root
 
 
-def _schema_version(value: str) -> Callable[[Path], Path]:
-    def make(root: Path) -> Path:
-        ledger = Ledger(root)
-        ledger.start_conversation(title="from the future")
-        ledger.close()
-        db = sqlite3.connect(root / DB)
-        db.execute("UPDATE chatledger_meta SET value=? WHERE key='schema_version'", (value,))
-        db.commit()
-        db.close()
-        return root
-
-    return make
-
-
 def _truncated_database(root: Path) -> Path:
-    ledger = Ledger(root)
+    ledger = Ledger(root, database_url=SQLITE)
     conversation = ledger.start_conversation(title="cut short")
     for index in range(5):
         ledger.append_message(conversation, "user", f"message {index}")
@@ -841,13 +836,6 @@ OPEN_CASES = [
     pytest.param(_sqlite_header_then_garbage, StoreError, "corrupt", id="sqlite-header-garbage"),
     pytest.param(_truncated_database, StoreError, "corrupt", id="truncated"),
     pytest.param(_foreign_database, StoreError, "another program", id="foreign-sqlite"),
-    pytest.param(_schema_version("999"), StoreError, "newer chatledger", id="schema-999"),
-    pytest.param(
-        _schema_version("one"),
-        StoreError,
-        "schema",
-        id="schema-not-a-number",
-    ),
     pytest.param(
         _database_is_a_directory,
         ChatledgerError,
@@ -867,9 +855,16 @@ def _snapshot_files(path: Path) -> dict[str, bytes | None]:
     }
 
 
+def open_and_close(opener: str, workspace: Path, url: str) -> None:
+    if opener == "ledger":
+        Ledger(workspace, database_url=url).close()
+    else:
+        ConversationManager(workspace_path=workspace, database_url=url).close()
+
+
 @pytest.mark.parametrize("opener", ["ledger", "manager"])
 @pytest.mark.parametrize(("make", "error", "fragment"), OPEN_CASES)
-def test_unusable_store_is_refused_untouched(
+def test_unusable_sqlite_file_is_refused_untouched(
     tmp_path: Path,
     make: Callable[[Path], Path],
     error: type[ChatledgerError],
@@ -881,10 +876,7 @@ def test_unusable_store_is_refused_untouched(
     workspace = make(root)
     files_before = _snapshot_files(workspace)
     with pytest.raises(error) as caught:
-        if opener == "ledger":
-            Ledger(workspace).close()
-        else:
-            ConversationManager(workspace_path=workspace).close()
+        open_and_close(opener, workspace, SQLITE)
     assert isinstance(caught.value, ChatledgerError)
     assert_helpful(caught.value, fragment)
     if workspace.is_dir() and (workspace / DB).is_file():
@@ -892,18 +884,126 @@ def test_unusable_store_is_refused_untouched(
     assert _snapshot_files(workspace) == files_before, "the refused file was written to"
 
 
-def test_schema_999_database_keeps_its_data(tmp_path: Path) -> None:
+# -- a store written by a newer chatledger, on either store ---------------------------------
+def _store_from_the_future(store: Store, workspace: Path, version: str) -> None:
+    ledger = Ledger(workspace, database_url=store.url)
+    ledger.start_conversation(title="from the future")
+    ledger.close()
+    store.execute(
+        workspace, "UPDATE chatledger_meta SET value=? WHERE key='schema_version'", version
+    )
+
+
+def _store_contents(store: Store, workspace: Path) -> Any:
+    # The SQLite file byte for byte; on PostgreSQL every table of the store's schema.
+    if store.name == "sqlite":
+        return _snapshot_files(workspace)
+    return store.schema_tables()
+
+
+def _where(store: Store, workspace: Path) -> str:
+    """How a message names the store: its file, or its schema."""
+    return str(workspace / DB) if store.name == "sqlite" else f"({store.schema})"
+
+
+@pytest.mark.parametrize("opener", ["ledger", "manager"])
+@pytest.mark.parametrize(
+    ("version", "fragment"),
+    [
+        pytest.param("999", "written by a newer chatledger (schema 999", id="schema-999"),
+        pytest.param("one", "unreadable schema version 'one'", id="schema-not-a-number"),
+    ],
+)
+def test_a_store_of_an_unknown_schema_version_is_refused_untouched(
+    store: Store, tmp_path: Path, version: str, fragment: str, opener: str
+) -> None:
+    workspace = tmp_path / "ws"
+    _store_from_the_future(store, workspace, version)
+    contents = _store_contents(store, workspace)
+    assert contents, "nothing to compare: the store is empty"
+    with pytest.raises(StoreError) as caught:
+        open_and_close(opener, workspace, store.url)
+    assert_helpful(caught.value, fragment)
+    assert _where(store, workspace) in str(caught.value), "the message names the store"
+    assert _store_contents(store, workspace) == contents, "the refused store was written to"
+
+
+def test_a_store_of_a_newer_chatledger_keeps_its_data(store: Store, tmp_path: Path) -> None:
     """Refusing a newer store must not destroy it: set the version back and it opens."""
-    workspace = _schema_version("999")(tmp_path / "ws")
+    workspace = tmp_path / "ws"
+    _store_from_the_future(store, workspace, "999")
     with pytest.raises(StoreError):
-        Ledger(workspace)
-    db = sqlite3.connect(workspace / DB)
-    db.execute("UPDATE chatledger_meta SET value='1' WHERE key='schema_version'")
-    db.commit()
-    db.close()
-    ledger = Ledger(workspace)
-    try:
-        assert [c["title"] for c in ledger.list_conversations()] == ["from the future"]
-        assert ledger.verify().ok
-    finally:
-        ledger.close()
+        Ledger(workspace, database_url=store.url)
+    store.execute(workspace, "UPDATE chatledger_meta SET value='1' WHERE key='schema_version'")
+    ledger = store.ledger(workspace)
+    assert [c["title"] for c in ledger.list_conversations()] == ["from the future"]
+    assert ledger.verify().ok
+
+
+# -- database URLs that cannot name a store ----------------------------------------------------
+# Every PostgreSQL URL here points at port 1 of this host, where nothing listens: should a
+# refusal ever stop happening before connecting, the test fails on the message instead of
+# reaching a real server. None of them needs one.
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/test"
+BAD_URLS = [
+    pytest.param(
+        UNREACHABLE,
+        f"Cannot connect to PostgreSQL at {UNREACHABLE} (public)",
+        id="unreachable-server",
+    ),
+    pytest.param(
+        "postgresql:///test?host=127.0.0.1&port=1&user=postgres",
+        f"Cannot connect to PostgreSQL at {UNREACHABLE}",
+        id="unreachable-host-in-the-query",
+    ),
+    pytest.param("mysql://x", "Unsupported database URL 'mysql://x'", id="mysql"),
+    pytest.param("sqlite:///chatledger.db", "give a postgresql://", id="sqlite-url"),
+    pytest.param("postgresql://[bad", "database URL is not valid", id="unclosed-bracket"),
+    pytest.param(
+        "postgres://%zz@127.0.0.1:1/test", "database URL is not valid", id="bad-percent-escape"
+    ),
+    pytest.param(
+        f"{UNREACHABLE}?no_such_option=1", "invalid URI query parameter", id="unknown-option"
+    ),
+    pytest.param(
+        "postgresql://postgres@127.0.0.1:port/test",
+        'invalid integer value "port"',
+        id="port-not-a-number",
+    ),
+    pytest.param(
+        f"{UNREACHABLE}?schema=a;drop",
+        "Schema 'a;drop' in the database URL is not a plain PostgreSQL name",
+        id="schema-with-semicolon",
+    ),
+    pytest.param(
+        f"{UNREACHABLE}?schema=x%22%3B%20DROP%20SCHEMA%20public%20CASCADE%3B--",
+        "is not a plain PostgreSQL name",
+        id="schema-with-quote",
+    ),
+    pytest.param(
+        f"{UNREACHABLE}?schema=chat%0A", "'chat\\n' in the database URL", id="schema-newline"
+    ),
+    pytest.param(f"{UNREACHABLE}?schema=", "Schema ''", id="schema-empty"),
+    pytest.param(f"{UNREACHABLE}?schema=Chat", "lower-case letters", id="schema-upper-case"),
+    pytest.param(f"{UNREACHABLE}?schema={'a' * 64}", "at most 63", id="schema-too-long"),
+]
+
+
+@pytest.mark.parametrize("opener", ["ledger", "manager", "environment"])
+@pytest.mark.parametrize(("url", "fragment"), BAD_URLS)
+def test_a_database_url_that_names_no_usable_store_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, fragment: str, opener: str
+) -> None:
+    workspace = tmp_path / "ws"
+    with pytest.raises(StoreError) as caught:
+        if opener == "environment":
+            monkeypatch.setenv(DATABASE_URL_VARIABLE, url)
+            Ledger(workspace).close()
+        else:
+            open_and_close(opener, workspace, url)
+    assert_helpful(caught.value, fragment)
+    # Typed and told, not a psycopg or urllib error on its way up.
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None or caught.value.__suppress_context__
+    # A URL that cannot be used is never quietly replaced by the workspace's SQLite file.
+    assert not (workspace / DB).exists()

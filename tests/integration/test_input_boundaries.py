@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from chatledger import ConversationManager, FileInputError
+from tests.stores import Store, store_fixture  # noqa: F401
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[ConversationManager, Path]:
+def setup(store: Store, tmp_path: Path) -> tuple[ConversationManager, Path]:
     workspace = tmp_path / "ws"
     (workspace / "context").mkdir(parents=True)
     (workspace / "context" / "inside.md").write_text("inside context")
@@ -19,7 +20,7 @@ def setup(tmp_path: Path) -> tuple[ConversationManager, Path]:
     outside = tmp_path / "secret.txt"
     outside.write_text("outside the workspace")
     (workspace / "context" / "link.md").symlink_to(outside)
-    return ConversationManager(workspace_path=workspace), outside
+    return store.manager(workspace), outside
 
 
 @pytest.mark.parametrize("name", ["../../secret.txt", "../secret.txt", "link.md"])
@@ -50,11 +51,11 @@ def test_context_folder_first_then_workspace(setup: tuple[ConversationManager, P
 
 
 def test_a_message_over_the_size_limit_is_refused_before_anything_is_written(
-    tmp_path: Path,
+    store: Store, tmp_path: Path
 ) -> None:
     from chatledger import InvalidInput
 
-    manager = ConversationManager(workspace_path=tmp_path, max_message_bytes=1000)
+    manager = store.manager(tmp_path, max_message_bytes=1000)
     manager.add_message("user", "x" * 900)
     before = manager.get_history()
     with pytest.raises(InvalidInput, match="the limit is 1000"):

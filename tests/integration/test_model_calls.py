@@ -5,6 +5,9 @@ against loopback servers in test_openai_provider.py and test_anthropic_provider.
 
 from __future__ import annotations
 
+import os
+import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -14,6 +17,7 @@ import pytest
 from chatledger import ConversationManager
 from chatledger.providers import ChunkCallback, ModelReply, ProviderError
 from domain import events
+from tests.stores import Store, store_fixture  # noqa: F401
 
 
 class ScriptedProvider:
@@ -53,19 +57,17 @@ def events_of(manager: ConversationManager, kind: type) -> list[Any]:
     return [e for e in manager.ledger.store.events.get(cid) if isinstance(e, kind)]
 
 
-def manager_with(workspace: Path, provider: Any) -> ConversationManager:
-    return ConversationManager(
-        workspace_path=workspace, api_client=provider, model_config={"retry_backoff": 0.001}
-    )
+def manager_with(store: Store, workspace: Path, provider: Any) -> ConversationManager:
+    return store.manager(workspace, api_client=provider, model_config={"retry_backoff": 0.001})
 
 
 def rate_limited() -> ProviderError:
     return ProviderError("429 slow down", kind="rate_limit", retryable=True, retry_after=0.001)
 
 
-async def test_retryable_errors_are_retried_and_recorded_once(tmp_path: Path) -> None:
+async def test_retryable_errors_are_retried_and_recorded_once(store: Store, tmp_path: Path) -> None:
     provider = ScriptedProvider([rate_limited(), rate_limited()])
-    manager = manager_with(tmp_path, provider)
+    manager = manager_with(store, tmp_path, provider)
     assert await manager.process_message("hi") == "the answer"
     assert provider.calls == 3
     (called,) = events_of(manager, events.ModelCalled)
@@ -78,11 +80,11 @@ async def test_retryable_errors_are_retried_and_recorded_once(tmp_path: Path) ->
 
 
 async def test_a_bad_request_is_not_retried_and_ends_in_an_emergency_checkpoint(
-    tmp_path: Path,
+    store: Store, tmp_path: Path
 ) -> None:
     bad = ProviderError("400 invalid model", kind="bad_request", retryable=False, status=400)
     provider = ScriptedProvider([bad])
-    manager = manager_with(tmp_path, provider)
+    manager = manager_with(store, tmp_path, provider)
     answer = await manager.process_message("hi")
     assert answer == "Error processing message: 400 invalid model"
     assert provider.calls == 1
@@ -92,16 +94,16 @@ async def test_a_bad_request_is_not_retried_and_ends_in_an_emergency_checkpoint(
     assert [m["content"] for m in manager.get_history()] == ["hi"]
 
 
-async def test_retries_give_up_after_max_attempts(tmp_path: Path) -> None:
+async def test_retries_give_up_after_max_attempts(store: Store, tmp_path: Path) -> None:
     provider = ScriptedProvider([rate_limited() for _ in range(5)])
-    manager = manager_with(tmp_path, provider)
+    manager = manager_with(store, tmp_path, provider)
     assert (await manager.process_message("hi")).startswith("Error processing message: 429")
     assert provider.calls == 3
     (failed,) = events_of(manager, events.ModelCallFailed)
     assert failed.attempts == 3
 
 
-async def test_a_stream_cut_half_way_records_the_partial_text(tmp_path: Path) -> None:
+async def test_a_stream_cut_half_way_records_the_partial_text(store: Store, tmp_path: Path) -> None:
     class CutProvider(ScriptedProvider):
         async def complete(self, messages: Any, **kwargs: Any) -> ModelReply:
             on_chunk = kwargs["on_chunk"]
@@ -111,7 +113,7 @@ async def test_a_stream_cut_half_way_records_the_partial_text(tmp_path: Path) ->
             )
 
     provider = CutProvider()
-    manager = manager_with(tmp_path, provider)
+    manager = manager_with(store, tmp_path, provider)
     chunks: list[str] = []
     answer = await manager.process_message("go", streaming=True, stream_callback=chunks.append)
     assert chunks == ["half "] and answer.startswith("Error processing message")
@@ -121,8 +123,10 @@ async def test_a_stream_cut_half_way_records_the_partial_text(tmp_path: Path) ->
     assert not events_of(manager, events.ModelResponded)
 
 
-async def test_a_consumer_that_stops_reading_is_recorded_as_cancelled(tmp_path: Path) -> None:
-    manager = manager_with(tmp_path, ScriptedProvider(text="one two three four five"))
+async def test_a_consumer_that_stops_reading_is_recorded_as_cancelled(
+    store: Store, tmp_path: Path
+) -> None:
+    manager = manager_with(store, tmp_path, ScriptedProvider(text="one two three four five"))
     stream = await manager.process_message("go", streaming=True)
     assert not isinstance(stream, str)
     first = await stream.__anext__()
@@ -136,10 +140,10 @@ async def test_a_consumer_that_stops_reading_is_recorded_as_cancelled(tmp_path: 
 
 
 async def test_a_turn_repeated_with_its_idempotency_key_is_not_called_twice(
-    tmp_path: Path,
+    store: Store, tmp_path: Path
 ) -> None:
     provider = ScriptedProvider()
-    manager = manager_with(tmp_path, provider)
+    manager = manager_with(store, tmp_path, provider)
     first = await manager.process_message("hi", idempotency_key="turn-1")
     again = await manager.process_message("hi", idempotency_key="turn-1")
     assert first == again == "the answer"
@@ -150,17 +154,35 @@ async def test_a_turn_repeated_with_its_idempotency_key_is_not_called_twice(
     assert provider.calls == 2
 
 
-def test_an_api_client_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+def open_files() -> set[tuple[str, str]]:
+    """This process's open descriptors and what they are (files, sockets)."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to list open files")
+    files = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with suppress(OSError):
+            files.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+    return files
+
+
+def test_an_api_client_of_the_wrong_shape_is_refused(store: Store, tmp_path: Path) -> None:
     from chatledger import InvalidInput
 
-    with pytest.raises(InvalidInput, match="get_response"):
-        ConversationManager(workspace_path=tmp_path, api_client=object())
+    files, threads = open_files(), set(threading.enumerate())
+    with pytest.raises(InvalidInput, match="get_response") as refused:
+        store.manager(tmp_path, api_client=object())
+    # The caller gets no manager to close, so the refused one lets go of the store itself:
+    # waiting for the garbage collector is not enough while its error, which references it
+    # through the traceback, is still held (here by `refused`).
+    assert isinstance(refused.value, InvalidInput)
+    assert open_files() - files == set(), "the store's files or connections stay open"
+    assert set(threading.enumerate()) - threads == set(), "the connection pool still runs"
 
 
 async def test_a_call_records_its_messages_as_a_change_to_the_previous_call(
-    tmp_path: Path,
+    store: Store, tmp_path: Path
 ) -> None:
-    manager = ConversationManager(workspace_path=tmp_path, system_prompt="S")
+    manager = store.manager(tmp_path, system_prompt="S")
     for index in range(30):
         await manager.process_message(f"question {index}")
     calls = events_of(manager, events.ModelCalled)

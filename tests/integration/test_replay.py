@@ -10,11 +10,13 @@ from PIL import Image
 
 from chatledger import ConversationManager
 from chatledger.replay import ReplayMismatch, recorded_calls, replay
+from infrastructure.stores import DATABASE_URL_VARIABLE
+from tests.stores import Store, store_fixture  # noqa: F401
 
 
-async def record(workspace: Path, tmp_path: Path) -> tuple[ConversationManager, str]:
-    manager = ConversationManager(
-        workspace_path=workspace,
+async def record(store: Store, workspace: Path, tmp_path: Path) -> tuple[ConversationManager, str]:
+    manager = store.manager(
+        workspace,
         system_prompt="You are terse.",
         model_config={"context_window": 400},
         max_messages_per_session=12,
@@ -35,8 +37,8 @@ async def record(workspace: Path, tmp_path: Path) -> tuple[ConversationManager, 
     return manager, branch
 
 
-async def test_replay_reproduces_every_answer_and_request(tmp_path: Path) -> None:
-    manager, branch = await record(tmp_path / "ws", tmp_path)
+async def test_replay_reproduces_every_answer_and_request(store: Store, tmp_path: Path) -> None:
+    manager, branch = await record(store, tmp_path / "ws", tmp_path)
     ledger = manager.ledger
     calls = recorded_calls(ledger, branch)
     # The branch's view holds the parent's first three turns and its own four.
@@ -53,15 +55,19 @@ async def test_replay_reproduces_every_answer_and_request(tmp_path: Path) -> Non
     assert len(parent.turns) == 7 and parent.identical
 
 
-async def test_a_changed_system_prompt_is_caught_at_the_first_turn(tmp_path: Path) -> None:
-    manager, branch = await record(tmp_path / "ws", tmp_path)
+async def test_a_changed_system_prompt_is_caught_at_the_first_turn(
+    store: Store, tmp_path: Path
+) -> None:
+    manager, branch = await record(store, tmp_path / "ws", tmp_path)
     expected = r"Turn 1: the request differs .* at message 1: recorded 'system: You are terse"
     with pytest.raises(ReplayMismatch, match=expected):
         await replay(manager.ledger, branch, system_prompt="You are verbose.")
 
 
-async def test_replay_against_another_model_reports_divergence(tmp_path: Path) -> None:
-    manager, branch = await record(tmp_path / "ws", tmp_path)
+async def test_replay_against_another_model_reports_divergence(
+    store: Store, tmp_path: Path
+) -> None:
+    manager, branch = await record(store, tmp_path / "ws", tmp_path)
 
     class Echo:
         name, model = "echo", "echo-1"
@@ -79,11 +85,14 @@ async def test_replay_against_another_model_reports_divergence(tmp_path: Path) -
 
 
 async def test_the_pytest_helper_turns_a_recording_into_a_regression_test(
-    tmp_path: Path,
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from chatledger.testing import assert_replays
 
-    manager, branch = await record(tmp_path / "ws", tmp_path)
+    # The helper finds the recording as a user's test would: by its workspace, and on
+    # PostgreSQL by CHATLEDGER_DATABASE_URL (empty names the workspace's SQLite file).
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, store.url)
+    manager, branch = await record(store, tmp_path / "ws", tmp_path)
     manager.close()
     report = await assert_replays(tmp_path / "ws", branch)
     assert len(report.turns) == 7

@@ -2,29 +2,64 @@
 on read, its hash chains still verify, and projections whose schema changed are rebuilt.
 
 The fixture was written by release 0.1 (commit 9a32e57), whose MessageAppended (v1) also
-stored `pinned` and `eligible`."""
+stored `pinned` and `eligible`. Release 0.1 only had SQLite; on PostgreSQL the same events are
+copied into a new store's log, as moving a store between databases by hand would, and
+chatledger must make of them what it makes of the file."""
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
+from uuid import UUID
 
 import orjson
 import pytest
 
-from chatledger import ConversationManager
 from chatledger.ledger import Ledger
 from domain.events import MessageAppended
+from tests.stores import Store, store_fixture  # noqa: F401
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "release-0.1-v1-events.db"
 
 
+def _copy_events_to(store: Store, workspace: Path) -> None:
+    """The fixture's log, row by row and in its order, into the log table of the store, and
+    nothing else: no snapshots, no projections."""
+    # chatledger creates its tables itself, on first opening the (empty) store.
+    Ledger(workspace, database_url=store.url).close()
+    with closing(sqlite3.connect(FIXTURE)) as fixture:
+        rows = fixture.execute(
+            "SELECT originator_id, originator_version, topic, state FROM stored_events "
+            "ORDER BY rowid"
+        ).fetchall()
+    for originator_id, version, topic, state in rows:
+        # The log numbers the rows itself (notification_id), in the order inserted.
+        store.execute(
+            workspace,
+            f"INSERT INTO {store.dialect.events_table} "
+            "(originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)",
+            UUID(hex=originator_id),
+            version,
+            topic,
+            state,
+        )
+    assert len(store.rows(workspace, f"SELECT * FROM {store.dialect.events_table}")) == len(rows)
+    # The projections know nothing of them: their tracked position is still 0, where the
+    # empty store left it, so the next opening must catch up from the log.
+    assert store.rows(workspace, "SELECT * FROM conversations") == []
+    assert {p for (p,) in store.rows(workspace, "SELECT position FROM projection_tracking")} == {0}
+
+
 @pytest.fixture
-def old_store(tmp_path: Path) -> Path:
+def old_store(store: Store, tmp_path: Path) -> Path:
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    shutil.copy(FIXTURE, workspace / "chatledger.db")
+    if store.name == "sqlite":
+        shutil.copy(FIXTURE, workspace / "chatledger.db")
+    else:
+        _copy_events_to(store, workspace)
     return workspace
 
 
@@ -39,37 +74,36 @@ def test_the_fixture_really_holds_version_1_events() -> None:
     assert states and all("pinned" in s and "class_version" not in s for s in states)
 
 
-def test_an_old_store_opens_reads_verifies_and_grows(old_store: Path) -> None:
-    ledger = Ledger(old_store)
-    try:
-        listed = {c["title"]: c for c in ledger.list_conversations()}
-        assert set(listed) == {"Written by release 0.1 (MessageAppended v1)", "v1 branch"}
-        parent = listed["Written by release 0.1 (MessageAppended v1)"]["id"]
-        branch = listed["v1 branch"]["id"]
-        assert [m["content"] for m in ledger.history(parent)] == [
-            "You are a v1 assistant.",
-            "Hello from the first release",
-            "Hello back",
-            "A later message",
-        ]
-        assert [m["content"] for m in ledger.history(branch)][-1] == "In the branch"
-        # Upcast on read: the write model and the events load as version 2.
-        events = [e for e in ledger.store.events.get(ledger.conversation(parent).id)]
-        appended = [e for e in events if isinstance(e, MessageAppended)]
-        assert len(appended) == 4 and all("pinned" not in e.document() for e in appended)
-        assert appended[0].pinned and appended[1].eligible
-        # The chains written then still verify, and as_of works (its projection was built).
-        assert ledger.verify().ok
-        assert [m["content"] for m in ledger.as_of(parent, 2)] == ["You are a v1 assistant."]
-        ledger.append_message(parent, "user", "Written by this release")
-        assert ledger.history(parent)[-1]["content"] == "Written by this release"
-        assert ledger.verify().ok
-    finally:
-        ledger.close()
+def test_an_old_store_opens_reads_verifies_and_grows(store: Store, old_store: Path) -> None:
+    ledger = store.ledger(old_store)
+    listed = {c["title"]: c for c in ledger.list_conversations()}
+    assert set(listed) == {"Written by release 0.1 (MessageAppended v1)", "v1 branch"}
+    parent = listed["Written by release 0.1 (MessageAppended v1)"]["id"]
+    branch = listed["v1 branch"]["id"]
+    assert [m["content"] for m in ledger.history(parent)] == [
+        "You are a v1 assistant.",
+        "Hello from the first release",
+        "Hello back",
+        "A later message",
+    ]
+    assert [m["content"] for m in ledger.history(branch)][-1] == "In the branch"
+    # Upcast on read: the write model and the events load as version 2.
+    events = [e for e in ledger.store.events.get(ledger.conversation(parent).id)]
+    appended = [e for e in events if isinstance(e, MessageAppended)]
+    assert len(appended) == 4 and all("pinned" not in e.document() for e in appended)
+    assert appended[0].pinned and appended[1].eligible
+    # The chains written then still verify, and as_of works (its projection was built).
+    assert ledger.verify().ok
+    assert [m["content"] for m in ledger.as_of(parent, 2)] == ["You are a v1 assistant."]
+    ledger.append_message(parent, "user", "Written by this release")
+    assert ledger.history(parent)[-1]["content"] == "Written by this release"
+    assert ledger.verify().ok
 
 
-async def test_an_old_conversation_continues_through_the_manager(old_store: Path) -> None:
-    manager = ConversationManager(workspace_path=old_store)
+async def test_an_old_conversation_continues_through_the_manager(
+    store: Store, old_store: Path
+) -> None:
+    manager = store.manager(old_store)
     parent = next(
         c["id"] for c in manager.list_conversations() if c["title"].startswith("Written by")
     )
