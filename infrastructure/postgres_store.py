@@ -76,6 +76,8 @@ def parse_database_url(url: str) -> PostgresLocation:
             f"Schema {schema!r} in the database URL is not a plain PostgreSQL name "
             "(lower-case letters, digits and underscores, at most 63)."
         )
+    if schema.startswith("pg_") or schema == "information_schema":
+        raise StoreError(f"Schema {schema!r} belongs to PostgreSQL itself; name another.")
     # Not urlunsplit: it drops the "//" of a URL without a host (postgresql:///dbname).
     others = urlencode([q for q in query if q[0] != "schema"])
     libpq_url = re.split("[?#]", url, maxsplit=1)[0] + (f"?{others}" if others else "")

@@ -986,6 +986,12 @@ BAD_URLS = [
     pytest.param(f"{UNREACHABLE}?schema=", "Schema ''", id="schema-empty"),
     pytest.param(f"{UNREACHABLE}?schema=Chat", "lower-case letters", id="schema-upper-case"),
     pytest.param(f"{UNREACHABLE}?schema={'a' * 64}", "at most 63", id="schema-too-long"),
+    pytest.param(
+        f"{UNREACHABLE}?schema=information_schema",
+        "belongs to PostgreSQL itself",
+        id="schema-information-schema",
+    ),
+    pytest.param(f"{UNREACHABLE}?schema=pg_catalog", "PostgreSQL itself", id="schema-pg-catalog"),
 ]
 
 
