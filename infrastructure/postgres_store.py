@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
 
-from domain.errors import StoreError
+from domain.errors import ConcurrencyConflict, StoreError
 from infrastructure.database import Cursor, Database, PostgresDialect
 from infrastructure.event_store import EventStore
 from infrastructure.projecting_recorder import ProjectingPostgresRecorder
@@ -147,7 +147,9 @@ class PostgresDatabase(Database):
                 connect_timeout=CONNECT_TIMEOUT,
                 autocommit=True,
                 row_factory=tuple_row,
-                options=f"-c search_path={location.schema}",
+                # A lock wait (a conversation's lock, a rebuild's) ends with an error
+                # rather than never.
+                options=f"-c search_path={location.schema} -c lock_timeout={LOCK_TIMEOUT}s",
             )
         except psycopg.OperationalError as error:
             raise StoreError(
@@ -182,7 +184,6 @@ class PostgresDatabase(Database):
                 cursor = PostgresCursor(self.connection.cursor())
                 # The lock the recorder takes to insert events: while it is held no event
                 # is inserted (or projected) by anyone else.
-                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}s'")
                 cursor.execute(f"LOCK TABLE {self.dialect.events_table} IN EXCLUSIVE MODE")
                 yield cursor
         except psycopg.OperationalError as error:
@@ -211,7 +212,15 @@ class PostgresDatabase(Database):
         # conversation, held from reading to saving, queues them instead. A command changes
         # at most one existing conversation, so two commands never wait on each other.
         key = int.from_bytes(conversation_id.bytes[:8], "big", signed=True)
-        self.execute("SELECT pg_advisory_lock(?)", (key,))
+        try:
+            self.execute("SELECT pg_advisory_lock(?)", (key,))
+        except StoreError as error:
+            if isinstance(error.__context__, psycopg.errors.LockNotAvailable):
+                raise ConcurrencyConflict(
+                    f"Conversation {conversation_id} stayed locked by another writer for "
+                    f"{LOCK_TIMEOUT} s. Retry the call."
+                ) from None
+            raise
         self._locked = True
 
     def changed_by_others(self) -> bool:

@@ -3,11 +3,13 @@
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
 
-from chatledger import ConversationManager
+from chatledger import ConcurrencyConflict, ConversationManager
+from infrastructure import postgres_store
 from tests.integration.store_contract import StoreContract
 from tests.postgres import fresh_schema, requires_postgres
 
@@ -54,5 +56,32 @@ def test_a_server_side_disconnect_costs_no_command_and_no_event(tmp_path: Path) 
                 "after the disconnect",
             ]
             assert ledger.verify().ok
+        finally:
+            manager.close()
+
+
+@requires_postgres
+@pytest.mark.postgres
+def test_a_conversation_held_too_long_by_another_writer_is_a_typed_conflict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that stalls holding a conversation's lock (a hung host) must not hang every
+    other writer of that conversation forever."""
+    monkeypatch.setattr(postgres_store, "LOCK_TIMEOUT", 1)
+    with fresh_schema() as url:
+        manager = ConversationManager(workspace_path=tmp_path, database_url=url)
+        try:
+            manager.add_message("user", "first")
+            conversation = UUID(manager.get_conversation_id())
+            key = int.from_bytes(conversation.bytes[:8], "big", signed=True)
+            with psycopg.connect(url.split("?")[0], autocommit=True) as stalled_writer:
+                stalled_writer.execute("SELECT pg_advisory_lock(%s)", (key,))
+                with pytest.raises(ConcurrencyConflict, match="stayed locked by another writer"):
+                    manager.ledger.append_message(conversation, "user", "blocked")
+            manager.add_message("user", "after the stalled writer let go")
+            assert [m["content"] for m in manager.get_history()] == [
+                "first",
+                "after the stalled writer let go",
+            ]
         finally:
             manager.close()
