@@ -64,17 +64,11 @@ def _missing_store(path: Path) -> str | None:
     return None if found else str(location)
 
 
-def _ledger(workspace: Path | None) -> Ledger:
-    """Opens an existing store; reading commands never create one where there is none."""
-    path = _workspace(workspace)
+@contextmanager
+def _refusing() -> Iterator[None]:
+    """A typed error ends the command with one readable line and exit status 2."""
     try:
-        missing = _missing_store(path)
-        if missing is not None:
-            console.print(
-                f"[red]error:[/red] no chatledger store in {missing} (run a chat there first)."
-            )
-            raise typer.Exit(2)
-        return Ledger(path)
+        yield
     except ChatledgerError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
@@ -82,13 +76,23 @@ def _ledger(workspace: Path | None) -> Ledger:
 
 @contextmanager
 def _opened(workspace: Path | None) -> Iterator[Ledger]:
-    # On PostgreSQL a Ledger holds connections and a pool's threads until closed; in-process
-    # callers (tests, scripts) run many commands.
-    ledger = _ledger(workspace)
-    try:
-        yield ledger
-    finally:
-        ledger.close()
+    """The existing store, for one command (reading commands never create a store where
+    there is none); a typed error, opening it or in the command, is refused (_refusing)."""
+    path = _workspace(workspace)
+    with _refusing():
+        missing = _missing_store(path)
+        if missing is not None:
+            console.print(
+                f"[red]error:[/red] no chatledger store in {missing} (run a chat there first)."
+            )
+            raise typer.Exit(2)
+        ledger = Ledger(path)
+        # On PostgreSQL a Ledger holds connections and a pool's threads until closed;
+        # in-process callers (tests, scripts) run many commands.
+        try:
+            yield ledger
+        finally:
+            ledger.close()
 
 
 def _store_name(ledger: Ledger) -> str:
@@ -156,11 +160,8 @@ async def _demo_script(manager: ConversationManager) -> None:
 def demo(workspace: WorkspaceOption = None) -> None:
     """Run a scripted conversation on the offline model: turns, a checkpoint, a rollback and
     a branch; then print the branch tree, the checkpoints and the token usage."""
-    try:
+    with _refusing():
         asyncio.run(_demo(_workspace(workspace)))
-    except ChatledgerError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
 
 
 def _print_tree(ledger: Ledger) -> None:
@@ -226,11 +227,7 @@ def verify(
     from infrastructure.verification import write_anchor
 
     with _opened(workspace) as ledger:
-        try:
-            report = ledger.verify(conversation, anchor)
-        except ChatledgerError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
+        report = ledger.verify(conversation, anchor)
     for chain_break in report.breaks:
         console.print(f"[red]BROKEN[/red] {chain_break}")
     console.print(f"{report.events} events in {report.conversations} conversations checked.")
@@ -240,11 +237,8 @@ def verify(
         if not report.ok:
             console.print(f"[red]anchor not exported:[/red] the store is broken ({export_anchor}).")
             raise typer.Exit(1)
-        try:
+        with _refusing():
             write_anchor(export_anchor, report.anchor())
-        except ChatledgerError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
         console.print(f"Anchor of {len(report.heads)} heads written to {export_anchor}.")
     raise typer.Exit(0 if report.ok else 1)
 
@@ -282,22 +276,14 @@ def _print_messages(messages: list[dict[str, object]]) -> None:
 def show(conversation: str, workspace: WorkspaceOption = None) -> None:
     """Print a conversation's active transcript."""
     with _opened(workspace) as ledger:
-        try:
-            _print_messages(ledger.history(conversation))
-        except ChatledgerError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
+        _print_messages(ledger.history(conversation))
 
 
 @app.command("as-of")
 def as_of(conversation: str, position: int, workspace: WorkspaceOption = None) -> None:
     """Print the transcript exactly as it was right after event POSITION."""
     with _opened(workspace) as ledger:
-        try:
-            _print_messages(ledger.as_of(conversation, position))
-        except ChatledgerError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
+        _print_messages(ledger.as_of(conversation, position))
 
 
 @app.command()
@@ -308,11 +294,7 @@ def context(
 ) -> None:
     """What the model was (or would be) sent at a position, and what was left out and why."""
     with _opened(workspace) as ledger:
-        try:
-            manifest = ledger.context_at(conversation, at)
-        except ChatledgerError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
+        manifest = ledger.context_at(conversation, at)
     console.print(
         f"[bold]context[/] of {manifest['conversation_id']} at position {manifest['position']}: "
         f"{manifest['tokens']} of {manifest['usable_window']} tokens, "
@@ -355,11 +337,7 @@ def checkpoints(
 ) -> None:
     """List live checkpoints, newest first."""
     with _opened(workspace) as ledger:
-        try:
-            rows = ledger.checkpoints(conversation, None, limit)
-        except ChatledgerError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
+        rows = ledger.checkpoints(conversation, None, limit)
     _print_checkpoints([row.as_dict() for row in rows])
 
 
@@ -386,22 +364,16 @@ def chat(
     system_prompt: Annotated[str, typer.Option("--system", help="System prompt.")] = "",
 ) -> None:
     """An interactive chat that streams answers; slash commands manage the history."""
-    try:
+    with _refusing():
         manager = ConversationManager(
             workspace_path=_workspace(workspace),
             system_prompt=system_prompt,
             model_config={"provider": provider, "model": model, "base_url": base_url},
         )
-    except ChatledgerError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
     try:
-        try:
+        with _refusing():
             if conversation and not manager.load(conversation):
                 raise ConversationNotFound(f"No conversation with id {conversation}.")
-        except ChatledgerError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
         console.print(f"[dim]{CHAT_HELP}[/]")
         asyncio.run(_chat_loop(manager))
     finally:
@@ -489,9 +461,6 @@ def replay_command(
         except ReplayMismatch as mismatch:
             console.print(f"[red]MISMATCH[/red] {mismatch}")
             raise typer.Exit(1) from None
-        except ChatledgerError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from None
     table = Table("turn", "context", "answer", "answer now")
     for turn in report.turns:
         table.add_row(
