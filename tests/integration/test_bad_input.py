@@ -1013,3 +1013,13 @@ def test_a_database_url_that_names_no_usable_store_is_refused(
     assert caught.value.__context__ is None or caught.value.__suppress_context__
     # A URL that cannot be used is never quietly replaced by the workspace's SQLite file.
     assert not (workspace / DB).exists()
+
+
+@pytest.mark.parametrize("opener", ["ledger", "manager"])
+@pytest.mark.parametrize("url", [5, b"postgresql://x", ["postgresql://x"]], ids=repr)
+def test_a_database_url_that_is_not_text_is_refused(tmp_path: Path, opener: str, url: Any) -> None:
+    workspace = tmp_path / "ws"
+    with pytest.raises(InvalidInput) as caught:
+        open_and_close(opener, workspace, url)
+    assert_helpful(caught.value, "database_url must be a string")
+    assert not (workspace / DB).exists()
