@@ -5,6 +5,7 @@ ConversationManager (Penguin's API) is a thin layer over this; the CLI and tests
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -12,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from os import PathLike, fsdecode, fsencode
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
@@ -29,13 +31,15 @@ from domain.errors import (
     CheckpointNotFound,
     ConcurrencyConflict,
     ConversationNotFound,
+    IdempotencyConflict,
     InvalidInput,
     NotFound,
+    NothingToCheckpoint,
     SnapshotNotFound,
-    StoreError,
+    WorkspaceError,
 )
 from domain.events import ContextTrimmed, ForkPoint, ModelCalled
-from domain.hashing import GENESIS_HASH
+from domain.hashing import GENESIS_HASH, canonical_bytes
 from domain.manifests import encode as encode_manifest
 from domain.messages import (
     DEFAULT_CATEGORY,
@@ -48,7 +52,12 @@ from domain.messages import (
 from domain.retention import CheckpointRecord, checkpoints_to_prune
 from domain.view import ViewState
 from infrastructure.database import Database
-from infrastructure.files import ContextFile, read_context_file, read_image
+from infrastructure.files import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    ContextFile,
+    read_context_file,
+    read_image,
+)
 from infrastructure.stores import open_store
 from infrastructure.token_counting import DEFAULT_CONTEXT_WINDOW, ModelTokenizer, tokenizer_for
 from infrastructure.verification import VerificationReport, verify
@@ -61,6 +70,20 @@ MAX_ATTEMPTS = 30
 CONFLICT_BACKOFF = 0.001
 #: Largest message accepted, in bytes of its stored JSON parts (images are files, not counted).
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+# Bounds on what people type, so that a runaway value is refused with a message naming its
+# limit instead of bloating every event, projection row and listing that carries it.
+#: Longest title, checkpoint name or branch name, in characters.
+MAX_NAME_CHARS = 200
+#: Longest checkpoint or branch description, in characters.
+MAX_DESCRIPTION_CHARS = 2000
+#: Longest idempotency key, in characters.
+MAX_KEY_CHARS = 200
+#: Largest message metadata or snapshot meta, in bytes of its JSON.
+MAX_METADATA_BYTES = 64 * 1024
+#: Longest search term, in characters (SQLite refuses LIKE patterns past 50,000 bytes).
+MAX_SEARCH_CHARS = 1000
+#: Largest limit or offset: what both databases' 64-bit integers hold.
+MAX_COUNT = 2**63 - 1
 #: Seconds between two runs of the age-based retention rules for one conversation.
 RETENTION_INTERVAL = 60.0
 _PARTS = TypeAdapter(tuple[ContentPart, ...])
@@ -92,10 +115,10 @@ def _check_text(text: str, what: str) -> None:
         ) from None
 
 
-def _check_json(value: Any, what: str) -> None:
-    """What orjson can store: string keys, 64-bit integers, valid Unicode."""
+def _check_json(value: Any, what: str) -> bytes:
+    """What orjson can store (string keys, 64-bit integers, valid Unicode), as it stores it."""
     try:
-        orjson.dumps(value)
+        return orjson.dumps(value)
     except TypeError as error:
         if "surrogates" in str(error):
             raise InvalidInput(f"{what} contains a lone surrogate; send valid Unicode.") from None
@@ -104,13 +127,28 @@ def _check_json(value: Any, what: str) -> None:
         ) from None
 
 
-def _label(value: Any, what: str) -> str | None:
-    """An optional short text: a title, a checkpoint name or description."""
+def _within(size: int, limit: int, unit: str, what: str, constant: str) -> None:
+    if size > limit:
+        raise InvalidInput(f"{what} is {size} {unit}; the limit is {limit} {unit} ({constant}).")
+
+
+def _label(
+    value: Any, what: str, limit: int = MAX_NAME_CHARS, constant: str = "MAX_NAME_CHARS"
+) -> str | None:
+    """An optional short text: a title, a name, a description, a key, a search term."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string, not {type(value).__name__}.")
+    _within(len(value), limit, "characters", what, constant)
     _check_text(value, what)
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    """A limit or an offset, as both databases can take it."""
+    if not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise InvalidInput(f"{what} must be a non-negative integer of at most {MAX_COUNT}.")
     return value
 
 
@@ -121,6 +159,79 @@ def _checkpoint_type(value: Any) -> CheckpointType:
         raise InvalidInput(
             f"Unknown checkpoint type {value!r}; use one of {[t.value for t in CheckpointType]}."
         ) from None
+
+
+def _stored_id(value: Any) -> str | None:
+    """A checkpoint or snapshot id as the store may hold it; None when it cannot name anything
+    stored (text with a lone surrogate cannot even be sent to the database)."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+#: Largest retention setting (hours or days) that dates can still be computed with.
+MAX_RETENTION = 100_000
+
+
+def _checkpoint_config(value: Any) -> CheckpointConfig:
+    """The checkpoint settings, checked field by field (the dataclass checks nothing)."""
+    if value is None:
+        return CheckpointConfig()
+    if not isinstance(value, CheckpointConfig):
+        kind = type(value).__name__
+        raise InvalidInput(f"checkpoint_config must be a CheckpointConfig, not {kind}.")
+
+    def number(x: Any, low: float, high: float) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and low <= x <= high
+
+    problems = []
+    if not isinstance(value.enabled, bool):
+        problems.append("enabled must be True or False")
+    for name in ("frequency", "max_auto_checkpoints"):
+        if not isinstance(getattr(value, name), int) or not number(
+            getattr(value, name), -MAX_COUNT, MAX_COUNT
+        ):
+            problems.append(f"{name} must be an integer")
+    if not isinstance(value.planes, dict) or not all(
+        isinstance(on, bool) for on in value.planes.values()
+    ):
+        problems.append("planes must map plane names to True or False")
+    if not isinstance(value.retention, dict) or not all(
+        number(setting, 0, MAX_RETENTION) for setting in value.retention.values()
+    ):
+        problems.append(f"retention values must be numbers from 0 to {MAX_RETENTION}")
+    if problems:
+        raise InvalidInput(f"checkpoint_config: {'; '.join(problems)}.")
+    return value
+
+
+def _workspace(value: Any) -> Path:
+    """The workspace folder's path; WorkspaceError for a name no folder can have."""
+    if not isinstance(value, str | PathLike):
+        raise InvalidInput(f"The workspace must be a folder path, not {type(value).__name__}.")
+    name = fsdecode(value)
+    problem = "it holds a NUL character" if "\x00" in name else None
+    try:
+        fsencode(name)
+        path = Path(name).expanduser()
+    except (UnicodeEncodeError, RuntimeError) as error:  # a lone surrogate, "~nosuchuser"
+        problem = str(error)
+    if problem is not None:
+        raise WorkspaceError(f"Workspace {name!r} is not a usable folder name: {problem}.")
+    return path
+
+
+def _paths(value: Any, what: str) -> tuple[str | PathLike[str], ...]:
+    """File paths (images, context files), checked as such before any file is read."""
+    if not isinstance(value, list | tuple):
+        raise InvalidInput(f"{what} must be a list of file paths, not {type(value).__name__}.")
+    for path in value:
+        if not isinstance(path, str | PathLike):
+            raise InvalidInput(f"{what} must hold file paths, not {type(path).__name__}.")
+    return tuple(value)
 
 
 def content_parts(content: Any) -> tuple[ContentPart, ...]:
@@ -144,17 +255,32 @@ def content_parts(content: Any) -> tuple[ContentPart, ...]:
     )
 
 
+def _input_hash(parts: Sequence[ContentPart], files: Sequence[ContextFile]) -> str:
+    """What a turn asks: its parts (images by their content, not where they lie or what
+    they cost) and the context files loaded with it."""
+    document = {
+        "parts": [part.model_dump(mode="json", exclude={"path", "tokens"}) for part in parts],
+        "context_files": [{"path": file.path, "text": file.text} for file in files],
+    }
+    return hashlib.sha256(canonical_bytes(document)).hexdigest()
+
+
 def _metadata(metadata: Any) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise InvalidInput(f"metadata must be a dict, not {type(metadata).__name__}.")
-    _check_json(metadata, "metadata")
+    size = len(_check_json(metadata, "metadata"))
+    _within(size, MAX_METADATA_BYTES, "bytes of JSON", "metadata", "MAX_METADATA_BYTES")
     try:
         # orjson would store NaN and infinities as null: refuse them instead.
         json.dumps(metadata, allow_nan=False)
     except ValueError:
         raise InvalidInput("metadata cannot hold NaN or infinite numbers.") from None
+    except TypeError as error:  # what orjson turns into text but JSON has no type for
+        raise InvalidInput(
+            f"metadata must be plain JSON (dates, UUIDs...: as text): {error}."
+        ) from None
     return metadata
 
 
@@ -243,17 +369,39 @@ class Ledger:
         tokenizer: ModelTokenizer | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         database_url: str | None = None,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_context_file_bytes: int | None = None,
+        read_only: bool = False,
+        must_exist: bool = False,
     ) -> None:
         """Opens the store: the workspace's SQLite file, or the PostgreSQL database named by
         `database_url` (default: the CHATLEDGER_DATABASE_URL variable). The workspace also
-        holds context files named by relative paths."""
-        if max_messages_per_session < 1:
-            raise InvalidInput("max_messages_per_session must be at least 1.")
-        if max_message_bytes < 1:
-            raise InvalidInput("max_message_bytes must be at least 1.")
+        holds context files named by relative paths.
+
+        `read_only` (as the reading commands open it) writes nothing, reads a store it may
+        not write, and refuses every command; it and `must_exist` refuse a store that is not
+        there yet instead of creating one.
+
+        A context file becomes one stored message, so it is held to `max_message_bytes`
+        unless `max_context_file_bytes` says otherwise; an image file to `max_image_bytes`."""
+        if max_context_file_bytes is None:
+            max_context_file_bytes = max_message_bytes
+        for setting, value in (
+            ("max_messages_per_session", max_messages_per_session),
+            ("max_message_bytes", max_message_bytes),
+            ("max_image_bytes", max_image_bytes),
+            ("max_context_file_bytes", max_context_file_bytes),
+            ("cache_size", cache_size),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value > MAX_COUNT:
+                raise InvalidInput(f"{setting} must be an integer of at most {MAX_COUNT}.")
+            if value < 1 and setting != "cache_size":
+                raise InvalidInput(f"{setting} must be at least 1.")
         self.max_message_bytes = max_message_bytes
-        self.workspace = Path(workspace).expanduser()
-        self.config = checkpoint_config or CheckpointConfig()
+        self.max_image_bytes = max_image_bytes
+        self.max_context_file_bytes = max_context_file_bytes
+        self.workspace = _workspace(workspace)
+        self.config = _checkpoint_config(checkpoint_config)
         self.max_messages_per_session = max_messages_per_session
         self.clock = clock
         self._retention_runs: dict[UUID, datetime] = {}
@@ -262,11 +410,16 @@ class Ledger:
         self._contexts: OrderedDict[UUID, SessionContext] = OrderedDict()
         self._context_cache_size = max(1, cache_size)
         self.tokens = tokenizer or tokenizer_for(None)
-        self.db, self.store = open_store(self.workspace, database_url, cache_size)
+        self.db, self.store = open_store(
+            self.workspace, database_url, cache_size, read_only=read_only, must_exist=must_exist
+        )
         try:
             self.read = ReadModel(self.db)
             self.projections = ProjectionRunner(self.db, self.store.recorder, self.store.mapper)
-            self.projections.catch_up_or_rebuild()
+            if read_only:
+                self.projections.require_current()
+            else:
+                self.projections.catch_up_or_rebuild()
         except BaseException:
             self.close()
             raise
@@ -299,14 +452,23 @@ class Ledger:
             except PersistenceError as error:
                 # The library gave up on the database (it retries dropped connections).
                 self._forget(batch)
-                raise StoreError(f"The store could not complete the command: {error}") from error
+                raise self.db.failed(error) from error
             except BaseException:
                 self._forget(batch)
                 raise
             for recording in recordings:
-                context = self._contexts.get(recording.domain_event.originator_id)
-                if context is not None:
-                    context.apply(recording.domain_event)
+                event = recording.domain_event
+                context = self._contexts.get(event.originator_id)
+                if context is None:
+                    continue
+                # A command that did not read the context (a reply, a checkpoint) saves after
+                # other writers' events it never saw: a context that skipped them is dropped,
+                # to be rebuilt from the log, or it would build and record the next turn on a
+                # transcript and a previous call that are not the log's.
+                if context.version == event.originator_version - 1:
+                    context.apply(event)
+                else:
+                    del self._contexts[event.originator_id]
             return result
         raise ConcurrencyConflict(
             f"Gave up after {MAX_ATTEMPTS} attempts: other writers kept appending to the same "
@@ -336,6 +498,8 @@ class Ledger:
         title = _label(title, "A title")
         if not isinstance(system_prompt, str):
             raise InvalidInput("A system prompt must be a string.")
+        if reset_from is not None:
+            reset_from = parse_conversation_id(reset_from)
         conversation_id = uuid4()
         view = ViewState().with_new_session(new_id("sess"))
 
@@ -387,9 +551,12 @@ class Ledger:
         if size > self.max_message_bytes:
             raise InvalidInput(
                 f"The message is {size} bytes; the limit is {self.max_message_bytes} "
-                "(max_message_bytes). Split it, or attach it as a context file."
+                "(max_message_bytes). Split it, or raise max_message_bytes."
             )
-        return parts + tuple(self.tokens.price_image(read_image(path)) for path in image_paths)
+        return parts + tuple(
+            self.tokens.price_image(read_image(path, self.max_image_bytes))
+            for path in _paths(image_paths, "image_paths")
+        )
 
     @staticmethod
     def _category(category: str | Category | None) -> Category | None:
@@ -515,13 +682,25 @@ class Ledger:
     ) -> str:
         cid = parse_conversation_id(conversation_id)
         kind = _checkpoint_type(checkpoint_type)
-        name, description = _label(name, "A checkpoint name"), _label(description, "A description")
-        return self._run(
-            lambda batch: self._checkpoint(batch.get(cid), kind, name, description, self.clock())
+        name = _label(name, "A checkpoint name")
+        description = _label(
+            description, "A description", MAX_DESCRIPTION_CHARS, "MAX_DESCRIPTION_CHARS"
         )
 
+        def decide(batch: _Batch) -> str:
+            conversation = batch.get(cid)
+            if conversation.view.only_system_messages:
+                raise NothingToCheckpoint(
+                    f"Conversation {cid} has nothing to checkpoint yet: it holds no messages "
+                    "besides its system prompt. Add a message or context first."
+                )
+            return self._checkpoint(conversation, kind, name, description, self.clock())
+
+        return self._run(decide)
+
     def checkpoint(self, checkpoint_id: str) -> CheckpointRow:
-        row = self.read.checkpoint(str(checkpoint_id))
+        key = _stored_id(checkpoint_id)
+        row = None if key is None else self.read.checkpoint(key)
         if row is None:
             raise CheckpointNotFound(
                 f"No checkpoint {checkpoint_id!r} (unknown, or pruned by retention)."
@@ -553,9 +732,12 @@ class Ledger:
     ) -> UUID:
         """A new conversation whose view starts as the state at a checkpoint or snapshot."""
         title = _label(title, "A branch title")
-        description = _label(description, "A branch description")
-        checkpoint = self.read.checkpoint(str(source_id))
-        snapshot = None if checkpoint else self.read.snapshot(str(source_id))
+        description = _label(
+            description, "A branch description", MAX_DESCRIPTION_CHARS, "MAX_DESCRIPTION_CHARS"
+        )
+        key = _stored_id(source_id)
+        checkpoint = None if key is None else self.read.checkpoint(key)
+        snapshot = None if checkpoint or key is None else self.read.snapshot(key)
         if checkpoint is None and snapshot is None:
             raise CheckpointNotFound(f"No checkpoint or snapshot {source_id!r} to branch from.")
         parent_id, position = (
@@ -605,7 +787,8 @@ class Ledger:
         return snapshot_id
 
     def restore_snapshot(self, snapshot_id: str) -> UUID:
-        snapshot = self.read.snapshot(str(snapshot_id))
+        key = _stored_id(snapshot_id)
+        snapshot = None if key is None else self.read.snapshot(key)
         if snapshot is None:
             raise SnapshotNotFound(f"No snapshot {snapshot_id!r}.")
 
@@ -621,9 +804,9 @@ class Ledger:
 
         return self._run(decide)
 
-    def read_context(self, path: str | Path) -> ContextFile:
+    def read_context(self, path: str | PathLike[str]) -> ContextFile:
         """Reads a context file the way load_context_file will use it, or raises."""
-        file = read_context_file(self.workspace, path)
+        file = read_context_file(self.workspace, path, self.max_context_file_bytes)
         if not file.text.strip():
             raise InvalidInput(f"Context file {file.path} is empty.")
         _check_text(file.text, f"Context file {file.path}")
@@ -670,12 +853,27 @@ class Ledger:
         full), the trims that make the context fit, and the record of the model call about to
         be made (what is sent, and the request's hash)."""
         cid = parse_conversation_id(conversation_id)
-        if idempotency_key is not None:
-            answered = self.read.answered_call(cid, _label(idempotency_key, "A key") or "")
-            if answered is not None:
-                return PreparedTurn(cid, None, answered[0], None, self._row(cid, answered[1]))
+        key = _label(idempotency_key, "An idempotency key", MAX_KEY_CHARS, "MAX_KEY_CHARS")
+        provider = _label(provider, "A provider name") or ""
+        model = _label(model, "A model name") or ""
+        parameters = _metadata(parameters)
         parts = self._parts(content, image_paths)
-        files = [self.read_context(path) for path in context_files]
+        files = [self.read_context(path) for path in _paths(context_files, "context_files")]
+        asked = None
+        if key is not None:
+            asked = _input_hash(parts, files)
+            answered = self.read.answered_call(cid, key)
+            if answered is not None:
+                call_id, reply_id, recorded = answered
+                # A call recorded before input hashes were kept cannot be compared.
+                if recorded not in (None, asked):
+                    raise IdempotencyConflict(
+                        f"The idempotency key {key!r} already names an answered turn of "
+                        f"conversation {cid} that made a different request (its message, "
+                        "images or context files differ). Use a new key for a new request, "
+                        "or resend the same request to get its recorded answer."
+                    )
+                return PreparedTurn(cid, None, call_id, None, self._row(cid, reply_id))
         user_tokens = self.tokens.count_parts(Role.USER, parts)
 
         def decide(batch: _Batch) -> PreparedTurn:
@@ -723,7 +921,8 @@ class Ledger:
                 request_hash=request.hash,
                 prompt_tokens=request.tokens,
                 timestamp=now,
-                idempotency_key=idempotency_key,
+                idempotency_key=key,
+                input_hash=asked,
             )
             return PreparedTurn(cid, appended.message_id, call_id, request)
 
@@ -914,14 +1113,18 @@ class Ledger:
         cid = self._existing(conversation_id) if conversation_id is not None else None
         if checkpoint_type is not None:
             checkpoint_type = _checkpoint_type(checkpoint_type).value
+        if limit is not None:
+            _count(limit, "limit")
+        session_id = _label(session_id, "A session id")
         return self.read.checkpoints(cid, checkpoint_type, limit, session_id)
 
     def list_conversations(
         self, limit: int = 100, offset: int = 0, search_term: str | None = None
     ) -> list[dict[str, Any]]:
-        if not isinstance(limit, int) or not isinstance(offset, int) or limit < 0 or offset < 0:
-            raise InvalidInput("limit and offset must be non-negative integers.")
-        return self.read.list_conversations(limit, offset, search_term)
+        search_term = _label(search_term, "A search term", MAX_SEARCH_CHARS, "MAX_SEARCH_CHARS")
+        return self.read.list_conversations(
+            _count(limit, "limit"), _count(offset, "offset"), search_term
+        )
 
     def verify(
         self,
@@ -934,7 +1137,8 @@ class Ledger:
         are found. Raises FileInputError/InvalidInput for a missing or corrupt anchor.
         `report.anchor()` of an intact report is the anchor to export."""
         only = self._existing(conversation_id) if conversation_id is not None else None
-        return verify(self.store.recorder, only, anchor)
+        with self.db.failures():
+            return verify(self.store.recorder, only, anchor)
 
     def rebuild_projections(self) -> int:
         return self.projections.rebuild()

@@ -7,8 +7,11 @@ ChatledgerError."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from os import PathLike
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -19,13 +22,50 @@ from chatledger.provider_selection import config_value, select_provider
 from chatledger.providers import ChunkCallback, ModelReply, Provider, ProviderError, deliver
 from domain.checkpoints import CheckpointConfig, CheckpointType
 from domain.context_window import ContextItem, WindowConfig, fits_system
-from domain.errors import FileInputError, InvalidInput, NotFound
+from domain.errors import FileInputError, InvalidInput, NotFound, NothingToCheckpoint
 from domain.messages import Category
-from infrastructure.files import list_context_files
+from infrastructure.files import DEFAULT_MAX_IMAGE_BYTES, list_context_files
 from infrastructure.token_counting import context_window_for, tokenizer_for
 
 #: Longest wait between two attempts of a model call, whatever the server asks.
 MAX_RETRY_WAIT = 30.0
+#: What can stop a turn from outside, and how its record says so.
+_STOPS: dict[type[BaseException], str] = {
+    KeyboardInterrupt: "interrupted by KeyboardInterrupt (Ctrl-C)",
+    asyncio.CancelledError: "cancelled: the task awaiting the answer was cancelled",
+    GeneratorExit: "the stream's consumer stopped reading",
+}
+
+
+def failure_answer(message: str) -> str:
+    """What process_message returns, by Penguin's contract, when the model call failed."""
+    return f"Error processing message: {message}"
+
+
+def _config_text(model_config: Any, name: str) -> str | None:
+    value = config_value(model_config, name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"model_config {name} must be a string, not {type(value).__name__}.")
+    return value
+
+
+def _config_number(model_config: Any, kind: type[int] | type[float], *names: str) -> Any:
+    """A number of model_config (None when it has none), as `kind`."""
+    value = config_value(model_config, *names)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError
+        number = kind(value)
+        if not math.isfinite(number):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInput(
+            f"model_config {names[0]} must be a finite number, not {type(value).__name__} "
+            f"{str(value)[:50]!r}."
+        ) from None
+    return number
 
 
 async def _single_chunk(text: str) -> AsyncGenerator[str, None]:
@@ -45,28 +85,33 @@ class ConversationManager:
         checkpoint_config: CheckpointConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         database_url: str | None = None,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_context_file_bytes: int | None = None,
     ) -> None:
         if not isinstance(system_prompt, str):
             raise InvalidInput("system_prompt must be a string.")
-        workspace = Path(workspace_path) if workspace_path else Path.cwd() / ".chatledger"
+        default = workspace_path is None or workspace_path == ""
+        workspace = Path.cwd() / ".chatledger" if default else workspace_path
         self.checkpoint_config = checkpoint_config or CheckpointConfig()
-        model = config_value(model_config, "model")
-        provider = config_value(model_config, "provider")
-        window = config_value(
-            model_config, "context_window", "max_context_window_tokens", "max_history_tokens"
+        model = _config_text(model_config, "model")
+        provider = _config_text(model_config, "provider")
+        window = _config_number(
+            model_config, int, "context_window", "max_context_window_tokens", "max_history_tokens"
         )
         self.ledger = Ledger(
-            workspace,
-            checkpoint_config=self.checkpoint_config,
+            workspace,  # type: ignore[arg-type]  # checked there
+            checkpoint_config=checkpoint_config or self.checkpoint_config,
             max_messages_per_session=max_messages_per_session,
             cache_size=max_sessions_in_memory,
             window=WindowConfig(
-                context_window=context_window_for(model, int(window) if window else None),
-                max_images=int(config_value(model_config, "max_images") or 5),
+                context_window=context_window_for(model, window or None),
+                max_images=_config_number(model_config, int, "max_images") or 5,
             ),
             tokenizer=tokenizer_for(model, provider),
             max_message_bytes=max_message_bytes,
             database_url=database_url,
+            max_image_bytes=max_image_bytes,
+            max_context_file_bytes=max_context_file_bytes,
         )
         self.workspace = self.ledger.workspace
         # A refused manager is never closed by its caller, and its Ledger holds the store (on
@@ -87,8 +132,13 @@ class ConversationManager:
             self.api_client = api_client
             self.provider: Provider = select_provider(model_config, api_client)
             #: Attempts per model call, and the first backoff in seconds (doubling).
-            self.max_attempts = int(config_value(model_config, "max_attempts") or 3)
-            self.retry_backoff = float(config_value(model_config, "retry_backoff") or 0.5)
+            self.max_attempts = _config_number(model_config, int, "max_attempts") or 3
+            self.retry_backoff = _config_number(model_config, float, "retry_backoff") or 0.5
+            if self.max_attempts < 1 or not 0 <= self.retry_backoff <= MAX_RETRY_WAIT:
+                raise InvalidInput(
+                    "model_config max_attempts must be at least 1, and retry_backoff between 0 "
+                    f"and {MAX_RETRY_WAIT} seconds."
+                )
         except BaseException:
             self.ledger.close()
             raise
@@ -174,13 +224,20 @@ class ConversationManager:
     ) -> str | AsyncGenerator[str, None]:
         """One turn. Bad input raises a typed error before anything is written; a failing
         model call does not raise: it returns "Error processing message: ...", keeps the user
-        message, records the failure and takes an emergency checkpoint. A turn repeated with
-        an `idempotency_key` already answered returns the recorded answer without a call."""
-        if conversation_id is not None:
-            self._active = self.ledger.conversation(conversation_id).id
-        images = [image_path] if isinstance(image_path, str | Path) else list(image_path or [])
+        message, records the failure and takes an emergency checkpoint. A turn stopped by its
+        caller (Ctrl-C, task cancellation, a stream no longer read) is recorded as cancelled
+        and the stop propagates. A turn repeated with an `idempotency_key` already answered
+        returns the recorded answer without a call; the key reused for a different request
+        raises IdempotencyConflict."""
+        # The conversation named becomes the active one once its turn is accepted.
+        target = (
+            self.active_id
+            if conversation_id is None
+            else self.ledger.conversation(conversation_id).id
+        )
+        images = [image_path] if isinstance(image_path, str | PathLike) else image_path or []
         turn = self.ledger.prepare_turn(
-            self.active_id,
+            target,
             message,
             image_paths=images,
             context_files=context_files or (),
@@ -189,20 +246,17 @@ class ConversationManager:
             parameters=self._parameters(),
             idempotency_key=idempotency_key,
         )
+        self._active = target
         if turn.recorded_answer is not None:
             return self._replayed(turn.recorded_answer, streaming, stream_callback)
         if streaming and stream_callback is None:
             return self._stream_turn(turn)
-        try:
-            reply, attempts, latency = await self._call(
-                turn, stream_callback if streaming else None
+        streamed: list[str] = []
+        with self._stop_recorded(turn, streamed):
+            answer = await self._answer(
+                turn, self._call(turn, stream_callback if streaming else None, streamed)
             )
-        except Exception as error:
-            return self._failed(turn, error)
-        self.ledger.record_reply(
-            turn.conversation_id, turn.call_id, reply, latency_ms=latency, attempts=attempts
-        )
-        return reply.text
+        return answer if isinstance(answer, str) else answer.text
 
     def _parameters(self) -> dict[str, Any]:
         parameters = {
@@ -212,16 +266,16 @@ class ConversationManager:
         return {key: value for key, value in parameters.items() if value is not None}
 
     async def _call(
-        self, turn: PreparedTurn, on_chunk: ChunkCallback | None
+        self, turn: PreparedTurn, on_chunk: ChunkCallback | None, streamed: list[str]
     ) -> tuple[ModelReply, int, float]:
         """The provider call, retried with backoff while retrying is right: a retryable
-        error (timeout, 429, 5xx) before any chunk reached the caller."""
+        error (timeout, 429, 5xx) before any chunk reached the caller. Each chunk is added to
+        `streamed` before it is passed on."""
         assert turn.request is not None
         parameters = self._parameters()
-        delivered: list[str] = []
 
         async def relay(chunk: str) -> None:
-            delivered.append(chunk)
+            streamed.append(chunk)
             if on_chunk is not None:
                 await deliver(on_chunk, chunk)
 
@@ -236,7 +290,7 @@ class ConversationManager:
                 )
             except ProviderError as error:
                 error.attempts = attempt  # type: ignore[attr-defined]
-                if not error.retryable or delivered or attempt == self.max_attempts:
+                if not error.retryable or streamed or attempt == self.max_attempts:
                     raise
                 backoff = self.retry_backoff * 2 ** (attempt - 1)
                 await asyncio.sleep(min(error.retry_after or backoff, MAX_RETRY_WAIT))
@@ -246,38 +300,55 @@ class ConversationManager:
 
     async def _stream_turn(self, turn: PreparedTurn) -> AsyncGenerator[str, None]:
         queue: asyncio.Queue[str | None] = asyncio.Queue()
-        received: list[str] = []
-
-        def relay(chunk: str) -> None:
-            received.append(chunk)
-            queue.put_nowait(chunk)
-
-        call = asyncio.ensure_future(self._call(turn, relay))
+        streamed: list[str] = []
+        call = asyncio.ensure_future(self._call(turn, queue.put_nowait, streamed))
         call.add_done_callback(lambda _: queue.put_nowait(None))
-        finished = False
         try:
-            while (chunk := await queue.get()) is not None:
-                yield chunk
-            finished = True
+            # The outcome is settled only once the reader has had every chunk: one that stops
+            # reading early cancels the turn, even if the model had already finished.
+            with self._stop_recorded(turn, streamed):
+                while (chunk := await queue.get()) is not None:
+                    yield chunk
+                answer = await self._answer(turn, call)
         finally:
-            if not finished:
-                # The consumer stopped iterating: the call is cancelled, and that is recorded.
-                call.cancel()
-                self.ledger.record_model_failure(
-                    turn.conversation_id,
-                    asyncio.CancelledError("the stream's consumer stopped reading"),
-                    "".join(received),
-                    call_id=turn.call_id,
-                    kind="cancelled",
-                )
+            call.cancel()
+        if isinstance(answer, str):
+            yield answer
+
+    async def _answer(
+        self, turn: PreparedTurn, call: Awaitable[tuple[ModelReply, int, float]]
+    ) -> ModelReply | str:
+        """Awaits the call and puts its outcome on record: the reply, or for a failed call
+        Penguin's error text (stops pass through, see _stop_recorded)."""
         try:
-            reply, attempts, latency = call.result()
+            reply, attempts, latency = await call
         except Exception as error:
-            yield self._failed(turn, error)
-            return
+            return self._failed(turn, error)
         self.ledger.record_reply(
             turn.conversation_id, turn.call_id, reply, latency_ms=latency, attempts=attempts
         )
+        return reply
+
+    @contextmanager
+    def _stop_recorded(self, turn: PreparedTurn, streamed: list[str]) -> Iterator[None]:
+        """A turn stopped by its caller (Ctrl-C, a cancelled task, a stream reader that stops
+        reading) is recorded as a cancelled call with the text streamed so far; the stop goes
+        on to the caller, whose decision it was."""
+        try:
+            yield
+        except tuple(_STOPS) as stop:
+            # These rarely carry a message: the record says what stopped the call instead.
+            stopped_by, reason = next(
+                (kind, reason) for kind, reason in _STOPS.items() if isinstance(stop, kind)
+            )
+            self.ledger.record_model_failure(
+                turn.conversation_id,
+                stopped_by(reason),
+                "".join(streamed),
+                call_id=turn.call_id,
+                kind="cancelled",
+            )
+            raise
 
     def _failed(self, turn: PreparedTurn, error: Exception) -> str:
         self.ledger.record_model_failure(
@@ -288,7 +359,7 @@ class ConversationManager:
             kind=getattr(error, "kind", "error"),
             attempts=getattr(error, "attempts", 1),
         )
-        return f"Error processing message: {error}"
+        return failure_answer(str(error))
 
     def _replayed(
         self, answer: dict[str, Any], streaming: bool, callback: Callable[[str], Any] | None
@@ -308,11 +379,15 @@ class ConversationManager:
     async def create_manual_checkpoint(
         self, name: str | None = None, description: str | None = None
     ) -> str | None:
-        if not self.checkpoint_config.enabled:
+        # No conversation started yet has nothing to checkpoint: starting one would write.
+        if not self.checkpoint_config.enabled or self._active is None:
             return None
-        return self.ledger.create_checkpoint(
-            self.active_id, CheckpointType.MANUAL, name, description
-        )
+        try:
+            return self.ledger.create_checkpoint(
+                self._active, CheckpointType.MANUAL, name, description
+            )
+        except NothingToCheckpoint:
+            return None
 
     async def rollback_to_checkpoint(self, checkpoint_id: str) -> bool:
         try:
@@ -363,6 +438,8 @@ class ConversationManager:
     def branch_from_snapshot(
         self, snapshot_id: str, *, meta: dict[str, Any] | None = None
     ) -> str | None:
+        if meta is not None and not isinstance(meta, dict):
+            raise InvalidInput(f"meta must be a dict, not {type(meta).__name__}.")
         title = (meta or {}).get("name") or (meta or {}).get("title")
         try:
             self._active = self.ledger.branch(snapshot_id, title)

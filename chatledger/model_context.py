@@ -8,7 +8,6 @@ by applying the events each command saves."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections import ChainMap
 from collections.abc import Iterable, MutableMapping
@@ -21,11 +20,14 @@ import orjson
 
 from domain import events
 from domain.context_window import ContextItem, ContextPlan, WindowConfig, select_context
-from domain.manifests import sent_ids
+from domain.manifests import ManifestRecord, resolve, sent_ids
 from domain.messages import Category
+from infrastructure.files import image_data_url
 from projections.queries import message_row
 
 IMAGE_PLACEHOLDER = "[image omitted to save context: {name}]"
+#: Keys of a request's image part that stay out of its hash (see `request_hash`).
+_UNHASHED = frozenset({"path", "size"})
 
 
 def _parts(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,21 +96,17 @@ class SessionContext:
             in_session = row["session_id"] == session_id or pinned
             if pinned or in_session:
                 context._enter(row, pinned, in_context=in_session and row["id"] not in trimmed)
-        for call in calls:
+        # Every call is read, not only the session's: a damaged log's base may be in another.
+        calls = list(calls)
+        records = [(call["call_id"], ManifestRecord.of(call)) for call in calls]
+        for call, ids in zip(calls, resolve(records), strict=True):
             if call["session_id"] == session_id:
-                context._called(call)
+                context._called(call["call_id"], ids)
         return context
 
-    def _called(self, call: dict[str, Any]) -> None:
-        known = dict([self.last_call]) if self.last_call else {}
-        ids = sent_ids(
-            call.get("message_ids", ()),
-            call.get("base_call_id"),
-            call.get("added_ids", ()),
-            call.get("removed_ids", ()),
-            known,
-        )
-        self.last_call = (call["call_id"], ids)
+    def _called(self, call_id: str, ids: tuple[str, ...] | None) -> None:
+        # A call whose ids cannot be known cannot be a base: the next one is recorded in full.
+        self.last_call = None if ids is None else (call_id, ids)
 
     def _enter(self, row: dict[str, Any], pinned: bool, *, in_context: bool = True) -> None:
         self.sequence += 1
@@ -156,7 +154,8 @@ class SessionContext:
                 self.built.pop((message_id, True), None)
                 self.trimmed[message_id] = event.reason
         elif isinstance(event, events.ModelCalled):
-            self._called(event.document())
+            previous = dict([self.last_call]) if self.last_call else {}
+            self._called(event.call_id, sent_ids(ManifestRecord.of(event.document()), previous))
         elif isinstance(event, events.ViewReplaced | events.ConversationStarted):
             self.stale = True
 
@@ -185,6 +184,7 @@ def _model_content(row: dict[str, Any], replace_images: bool) -> Any:
                     "type": "image",
                     "sha256": part["sha256"],
                     "path": part["path"],
+                    "size": part["size"],
                     "media_type": part["media_type"],
                 }
             )
@@ -209,8 +209,8 @@ def _model_message(row: dict[str, Any], replace_images: bool) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """What goes to the model. `messages` refer to images by path and sha256; `for_client`
-    inlines them as data URLs, the shape Penguin-style clients take."""
+    """What goes to the model. `messages` refer to images by path, size and sha256;
+    `inline_images` inlines them as data URLs, the shape Penguin-style clients take."""
 
     message_ids: tuple[str, ...]
     images_replaced: tuple[str, ...]
@@ -227,7 +227,7 @@ class ModelRequest:
 
 
 def _canonical(message: dict[str, Any]) -> bytes:
-    return orjson.dumps(_without_paths(message), option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(_as_hashed(message), option=orjson.OPT_SORT_KEYS)
 
 
 def _hash_of(encoded: list[bytes]) -> str:
@@ -246,13 +246,14 @@ def inline_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [_inline_images(message) for message in messages]
 
 
-def _without_paths(message: dict[str, Any]) -> dict[str, Any]:
+def _as_hashed(message: dict[str, Any]) -> dict[str, Any]:
+    # An image's sha256 says all its size could, and its path is only where it lies here.
     content = message["content"]
     if isinstance(content, str):
         return message
     return {
         **message,
-        "content": [{k: v for k, v in part.items() if k != "path"} for part in content],
+        "content": [{k: v for k, v in part.items() if k not in _UNHASHED} for part in content],
     }
 
 
@@ -263,9 +264,7 @@ def _inline_images(message: dict[str, Any]) -> dict[str, Any]:
     parts = []
     for part in content:
         if part["type"] == "image":
-            data = base64.b64encode(Path(part["path"]).read_bytes()).decode("ascii")
-            url = f"data:{part['media_type']};base64,{data}"
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+            parts.append({"type": "image_url", "image_url": {"url": image_data_url(part)}})
         else:
             parts.append(part)
     return {**message, "content": parts}

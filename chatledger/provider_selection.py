@@ -5,6 +5,7 @@ that the vendor SDKs load only when used (and infrastructure can import the prot
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from chatledger.providers import Provider
 from domain.errors import InvalidInput
@@ -24,6 +25,30 @@ def config_value(model_config: Any, *names: str) -> Any:
     return None
 
 
+def _base_url(value: Any) -> str | None:
+    """A server URL, checked before an SDK parses it: the SDKs raise exceptions of their own
+    for a malformed one, and take a relative one for a path of their default server."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"base_url must be a string, not {type(value).__name__}.")
+    problem = None
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        problem = "it holds a control character or a lone surrogate"
+    else:
+        try:
+            parts = urlsplit(value.strip())
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as error:
+            problem = str(error)
+        else:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problem = "give an http:// or https:// URL with a host"
+    if problem is not None:
+        raise InvalidInput(f"base_url {value!r} is not a usable server URL: {problem}.")
+    return value.strip()
+
+
 def select_provider(model_config: Any, api_client: Any) -> Provider:
     if api_client is not None:
         if callable(getattr(api_client, "complete", None)):
@@ -39,7 +64,7 @@ def select_provider(model_config: Any, api_client: Any) -> Provider:
         )
     name = str(config_value(model_config, "provider") or "offline").lower()
     model = config_value(model_config, "model")
-    base_url = config_value(model_config, "base_url", "api_base")
+    base_url = _base_url(config_value(model_config, "base_url", "api_base"))
     api_key = config_value(model_config, "api_key")
     if name == "offline":
         from infrastructure.offline_model import OfflineModel

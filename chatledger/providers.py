@@ -1,8 +1,10 @@
 """What chatledger needs from a chat model, whichever vendor serves it.
 
 A provider takes the request chatledger built (role/content messages whose image parts name
-a file by path, sha256 and media type), sends it in its own wire format, and answers with a
-ModelReply. Failures are ProviderErrors that say whether retrying can help."""
+a file by path, size, sha256 and media type), sends it in its own wire format, and answers
+with a ModelReply. Failures are ProviderErrors that say whether retrying can help; an image
+file that no longer holds the recorded bytes is a FileInputError (infrastructure.files reads
+images for every provider)."""
 
 from __future__ import annotations
 

@@ -6,23 +6,49 @@ The replay runs in a scratch workspace of its own, so the recorded store is only
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from chatledger.ledger import Ledger
+from chatledger.manager import ConversationManager, failure_answer
 from chatledger.model_context import request_hash
-from chatledger.providers import ChunkCallback, ModelReply, Provider, ToolCall, deliver
+from chatledger.providers import (
+    ChunkCallback,
+    ModelReply,
+    Provider,
+    ProviderError,
+    ToolCall,
+    deliver,
+)
 from domain.checkpoints import CheckpointConfig
-from domain.errors import ChatledgerError, InvalidInput
-from domain.events import ModelCalled, ModelResponded
-from domain.manifests import sent_ids
+from domain.errors import ChatledgerError, InvalidInput, StoreError
+from domain.events import ModelCalled, ModelCallFailed, ModelResponded
+from domain.manifests import ManifestRecord, resolve
+from domain.view import Segment
 
 
 class ReplayMismatch(ChatledgerError):
     """A replayed request differs from the recorded one; the message names the turn and the
     first message that differs."""
+
+
+@dataclass(frozen=True)
+class RecordedFailure:
+    """How a call failed, which a replay of it must repeat. The exception's class is not part
+    of it: a replay raises every failure as a ProviderError (a recorded Ctrl-C must not stop
+    the replay)."""
+
+    kind: str
+    message: str
+    partial_text: str
+
+    def error(self) -> ProviderError:
+        return ProviderError(
+            self.message, kind=self.kind, retryable=False, partial_text=self.partial_text
+        )
 
 
 @dataclass(frozen=True)
@@ -34,34 +60,52 @@ class RecordedCall:
     request_hash: str
     message_ids: tuple[str, ...]
     parameters: dict[str, Any]
+    #: The call's outcome: its reply, or its failure; neither when the process making the
+    #: call stopped before recording one.
     reply: ModelReply | None
+    failure: RecordedFailure | None
+
+    @property
+    def answer(self) -> str:
+        """What process_message returned for the call."""
+        if self.failure is not None:
+            return failure_answer(self.failure.message)
+        return self.reply.text if self.reply else ""
 
 
 def recorded_calls(ledger: Ledger, conversation_id: str | UUID) -> list[RecordedCall]:
     """The model calls in a conversation's active view (its ancestors' included), in order,
-    with the answers they got."""
+    with the answers they got or how they failed."""
     conversation = ledger.conversation(conversation_id)
     segments = conversation.view.segments(conversation.id, conversation.version)
     rows = {row["id"]: row for row in ledger.read.transcript(segments)}
-    topics = (ModelCalled.TOPIC, ModelResponded.TOPIC)
+    topics = (ModelCalled.TOPIC, ModelResponded.TOPIC, ModelCallFailed.TOPIC)
     documents = ledger.read.documents(segments, topics)
     answers = {
         doc["call_id"]: doc.get("message_id")
         for _, topic, _, doc in documents
         if topic == ModelResponded.TOPIC
     }
+    failures = {
+        doc["call_id"]: RecordedFailure(
+            doc.get("kind", "error"), doc["message"], doc.get("partial_text", "")
+        )
+        for _, topic, _, doc in documents
+        if topic == ModelCallFailed.TOPIC and doc.get("call_id")
+    }
+    sent = _sent_ids(ledger, segments)
     calls: list[RecordedCall] = []
-    known: dict[str, tuple[str, ...]] = {}
     for stream_id, topic, position, doc in documents:
         if topic != ModelCalled.TOPIC:
             continue
-        known[doc["call_id"]] = sent_ids(
-            doc.get("message_ids", ()),
-            doc.get("base_call_id"),
-            doc.get("added_ids", ()),
-            doc.get("removed_ids", ()),
-            known,
-        )
+        message_ids = sent[doc["call_id"]]
+        if message_ids is None:
+            raise StoreError(
+                f"The model call at position {position} of conversation {stream_id} is "
+                f"recorded against call {doc['base_call_id']}, which is nowhere before it in "
+                "the log, so what it sent cannot be rebuilt and the conversation cannot be "
+                "replayed. `chatledger verify` says whether the log was altered."
+            )
         answer = rows.get(answers.get(doc["call_id"]) or "")
         calls.append(
             RecordedCall(
@@ -69,12 +113,29 @@ def recorded_calls(ledger: Ledger, conversation_id: str | UUID) -> list[Recorded
                 stream_id=stream_id,
                 position=position,
                 request_hash=doc["request_hash"],
-                message_ids=known[doc["call_id"]],
+                message_ids=message_ids,
                 parameters=doc.get("parameters", {}),
-                reply=_reply_of(answer) if answer else None,
+                # An answer with no text nor tool calls became no message.
+                reply=_reply_of(answer)
+                if answer
+                else (ModelReply("") if doc["call_id"] in answers else None),
+                failure=failures.get(doc["call_id"]),
             )
         )
     return calls
+
+
+def _sent_ids(ledger: Ledger, segments: Sequence[Segment]) -> dict[str, tuple[str, ...] | None]:
+    """The ids each model call of the segments' streams sent, by call id. Resolved over each
+    stream from its start, not over the view alone: a call may be recorded against one that a
+    rollback has since left out of the view (issue 9 let a process miss another's rollback)."""
+    reach: dict[UUID, int] = {}
+    for segment in segments:
+        reach[segment.conversation_id] = max(reach.get(segment.conversation_id, 0), segment.last)
+    streams = [Segment(conversation_id=cid, first=1, last=last) for cid, last in reach.items()]
+    made = [doc for _, _, _, doc in ledger.read.documents(streams, (ModelCalled.TOPIC,))]
+    sent = resolve([(doc["call_id"], ManifestRecord.of(doc)) for doc in made])
+    return dict(zip((doc["call_id"] for doc in made), sent, strict=True))
 
 
 def _reply_of(row: dict[str, Any]) -> ModelReply:
@@ -126,8 +187,13 @@ class ReplayProvider:
         self.turn += 1
         if request_hash(messages) != recorded.request_hash:
             raise ReplayMismatch(self._difference(recorded, messages))
+        if recorded.failure is not None:
+            raise recorded.failure.error()
         if recorded.reply is None:
-            raise ReplayMismatch(f"Turn {recorded.turn} was recorded without an answer.")
+            raise ReplayMismatch(
+                f"Turn {recorded.turn} was recorded without an answer or a failure: the "
+                "process making the call stopped before either was recorded."
+            )
         if on_chunk is not None and recorded.reply.text:
             await deliver(on_chunk, recorded.reply.text)
         return recorded.reply
@@ -171,13 +237,14 @@ async def replay(
     provider: Provider | None = None,
     system_prompt: str | None = None,
     workspace: Path | None = None,
+    on_turn: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
     """Re-runs the conversation's turns in a scratch workspace. With no provider, answers come
     from the record and any differing request raises ReplayMismatch; with one (another model),
     the report says per turn where requests and answers diverge. `system_prompt` replaces the
-    recorded one (to see what a prompt change does)."""
-    from chatledger.manager import ConversationManager
-
+    recorded one (to see what a prompt change does). A call recorded as failed (or
+    cancelled) fails again the same way. `on_turn(done, total)` follows the progress of a
+    long replay."""
     source_conversation = source.conversation(conversation_id)
     calls = recorded_calls(source, source_conversation.id)
     if not calls:
@@ -190,6 +257,9 @@ async def replay(
     scratch = workspace or Path(tempfile.mkdtemp(prefix="chatledger-replay-"))
     manager = ConversationManager(
         workspace_path=scratch,
+        # The scratch workspace's own SQLite file, even where CHATLEDGER_DATABASE_URL names
+        # the recorded store: a replay must not write there.
+        database_url="",
         system_prompt=prompt if system_prompt is None else system_prompt,
         model_config={
             "context_window": settings.get("context_window"),
@@ -211,19 +281,20 @@ async def replay(
                 continue
             text, images = _turn_input(row)
             answer = await manager.process_message(text, image_path=list(images))
-            if isinstance(answer, str) and answer.startswith("Error processing message:"):
-                raise ReplayMismatch(f"Turn {call.turn}: {answer}")
             made = recorded_calls(manager.ledger, manager.get_conversation_id())[-1]
-            recorded_text = call.reply.text if call.reply else ""
+            if made.failure is not None and made.failure != call.failure:
+                raise ReplayMismatch(f"Turn {call.turn}: {answer}")
             report.turns.append(
                 TurnResult(
                     call.turn,
                     made.request_hash == call.request_hash,
-                    answer == recorded_text,
-                    recorded_text,
+                    (made.reply, made.failure) == (call.reply, call.failure),
+                    call.answer,
                     str(answer),
                 )
             )
+            if on_turn is not None:
+                on_turn(len(report.turns), len(calls))
     finally:
         manager.close()
     return report

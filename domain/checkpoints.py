@@ -32,5 +32,11 @@ class CheckpointConfig:
 
 
 def auto_checkpoint_due(config: CheckpointConfig, eligible_since_last: int) -> bool:
-    """An auto checkpoint is taken after every `frequency` eligible messages."""
-    return config.enabled and config.frequency > 0 and eligible_since_last >= config.frequency
+    """An auto checkpoint is taken after every `frequency` eligible messages, while the
+    conversation plane is on (as in Penguin, a plane the dict leaves out is on)."""
+    return (
+        config.enabled
+        and config.planes.get("conversation", True)
+        and config.frequency > 0
+        and eligible_since_last >= config.frequency
+    )

@@ -287,10 +287,12 @@ class Conversation(BaseAggregate[UUID]):
         prompt_tokens: int,
         timestamp: datetime,
         idempotency_key: str | None = None,
+        input_hash: str | None = None,
     ) -> None:
         self.trigger_event(
             events.ModelCalled,
             idempotency_key=idempotency_key,
+            input_hash=input_hash,
             call_id=call_id,
             provider=provider,
             model=model,

@@ -10,6 +10,14 @@ class InvalidInput(ChatledgerError, ValueError):
     """An argument has the wrong type or value (empty message, bad role, ...)."""
 
 
+class NothingToCheckpoint(InvalidInput):
+    """A checkpoint was asked of a conversation that holds nothing but its system prompt."""
+
+
+class IdempotencyConflict(InvalidInput):
+    """An idempotency key already names an answered turn that asked something else."""
+
+
 class NotFound(ChatledgerError, LookupError):
     """Base class for unknown ids."""
 

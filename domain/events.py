@@ -314,6 +314,9 @@ class ModelCalled(ConversationEvent):
     #: Names one logical call across retries of the whole turn: a call already answered
     #: under this key is not made (or billed) again.
     idempotency_key: str | None = None
+    #: What the turn asked (its message, images by content, context files loaded with it),
+    #: so a retry under the same key can be told from a different request reusing it.
+    input_hash: str | None = None
 
 
 #: Events that put a message into the transcript.

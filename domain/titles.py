@@ -10,8 +10,8 @@ def conversation_title(given: str | None, first_user_text: str | None, conversat
     characters and "..." when longer than 40); else "Session <last 8 chars of id>"."""
     if given and given.strip():
         return given
-    first_line = (first_user_text or "").strip().splitlines()[0:1]
-    if first_line and first_line[0].strip():
-        line = first_line[0].strip()
+    lines = (first_user_text or "").strip().splitlines()
+    if lines:  # the text is stripped, so its first line is never blank
+        line = lines[0].strip()
         return line if len(line) <= MAX_TITLE_LENGTH else line[: MAX_TITLE_LENGTH - 3] + "..."
     return f"Session {conversation_id[-8:]}"

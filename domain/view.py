@@ -76,6 +76,13 @@ class ViewState(Immutable):
     def session(self) -> SessionSummary:
         return self.sessions[-1]
 
+    @property
+    def only_system_messages(self) -> bool:
+        """Holds nothing but SYSTEM messages (the system prompt): no dialog, tool output or
+        context yet, so nothing a checkpoint could take the user back to."""
+        system = sum(1 for pin in self.pinned if pin.category == Category.SYSTEM)
+        return self.message_count == system
+
     def segments(self, conversation_id: UUID, head: int) -> tuple[Segment, ...]:
         """All segments, the open one cut at `head`."""
         own = Segment(conversation_id=conversation_id, first=self.open_from, last=head)

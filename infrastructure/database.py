@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import Any, Protocol
 from uuid import UUID
+
+from eventsourcing.persistence import PersistenceError
+
+from domain.errors import StoreError
 
 
 class Cursor(Protocol):
@@ -23,6 +27,16 @@ class Cursor(Protocol):
     def execute(self, statement: str, parameters: Sequence[Any] = ..., /) -> Any: ...
 
     def executemany(self, statement: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Rows(Protocol):
+    """What a read gives back."""
 
     def fetchone(self) -> Any: ...
 
@@ -50,6 +64,11 @@ class Dialect(ABC):
     def stream_id(self, value: Any) -> UUID:
         """The log's originator_id column value as a conversation id."""
 
+    @abstractmethod
+    def contains(self, expression: str) -> str:
+        """A condition: the text `expression` holds the text parameter as it is. Not LIKE,
+        which takes % and _ in it as wildcards and, in SQLite, stops at a NUL."""
+
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
@@ -65,6 +84,9 @@ class SQLiteDialect(Dialect):
     def stream_id(self, value: Any) -> UUID:
         return UUID(value)
 
+    def contains(self, expression: str) -> str:
+        return f"instr({expression}, ?) > 0"
+
 
 class PostgresDialect(Dialect):
     name = "postgres"
@@ -79,6 +101,28 @@ class PostgresDialect(Dialect):
 
     def stream_id(self, value: Any) -> UUID:
         return value if isinstance(value, UUID) else UUID(value)
+
+    def contains(self, expression: str) -> str:
+        return f"strpos({expression}, ?) > 0"
+
+    # PostgreSQL's text type cannot hold NUL, which is valid text a user may send. Text bound
+    # for it is escaped with a noncharacter: NUL as ESCAPE "0", ESCAPE itself as ESCAPE "1".
+    # Text holding neither (nearly all) is stored as it is, so searches and indexes see it as
+    # written; a search term escaped alike is found in text escaped alike.
+    ESCAPE = "\uffff"
+    _ESCAPED = re.compile(ESCAPE + "([01])")
+
+    @classmethod
+    def text_to_store(cls, text: str) -> str:
+        if "\x00" not in text and cls.ESCAPE not in text:
+            return text
+        return text.replace(cls.ESCAPE, cls.ESCAPE + "1").replace("\x00", cls.ESCAPE + "0")
+
+    @classmethod
+    def text_from_store(cls, text: str) -> str:
+        if cls.ESCAPE not in text:
+            return text
+        return cls._ESCAPED.sub(lambda m: "\x00" if m[1] == "0" else cls.ESCAPE, text)
 
 
 # SQLite's INTEGER is 64 bits and REAL is a double; PostgreSQL's same-named types are not.
@@ -103,10 +147,39 @@ class Database(ABC):
     connection, in the insert's transaction (see the projecting recorders)."""
 
     dialect: Dialect
+    #: How messages name the store: its file, or its PostgreSQL database and schema.
+    where: str
+    #: Opened read-only (as the reading commands open it): whatever would write is refused.
+    read_only: bool = False
+    #: The errors of the database's driver, which `failures` turns into StoreErrors.
+    driver_errors: tuple[type[Exception], ...]
 
     @abstractmethod
-    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
+    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Rows:
         """Runs one statement outside any explicit transaction (reads)."""
+
+    @abstractmethod
+    def failed(self, error: Exception) -> StoreError:
+        """What a failure of the database, or of the event library on it, means for a
+        person, as a StoreError naming the store."""
+
+    @contextmanager
+    def failures(self) -> Iterator[None]:
+        """Turns a failure of the database, or of the event library on it, into the
+        StoreError `failed` gives."""
+        caught: tuple[type[Exception], ...] = (PersistenceError, *self.driver_errors)
+        try:
+            yield
+        except caught as error:
+            raise self.failed(error) from error
+
+    def refuse_if_read_only(self) -> None:
+        """Called before anything that writes."""
+        if self.read_only:
+            raise StoreError(
+                f"{self.where} is open read-only, as the reading commands open it, and this "
+                "would write to it. Open it for writing (without read_only) to do that."
+            )
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Cursor]:

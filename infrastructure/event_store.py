@@ -7,7 +7,7 @@ concurrency on (stream, position) and gives every event a notification id."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -51,6 +51,9 @@ class EventStore(Application[UUID]):
         #: Set by the owner of the projections: runs inside every insert transaction with
         #: (cursor, domain events, notification ids).
         self.projector: Callable[[Any, Sequence[Any], Sequence[int]], None] | None = None
+        #: Set by the store's opener: turns the database's failures under the library into
+        #: StoreErrors naming the store (see Database.failures).
+        self.failures: Callable[[], AbstractContextManager[None]] = nullcontext
 
     def save_conversations(self, *conversations: Conversation) -> list[Recording[UUID]]:
         """Application.save for aggregates known to be Conversations: the library's save
@@ -76,15 +79,16 @@ class EventStore(Application[UUID]):
     def conversation(
         self, conversation_id: UUID, version: int | None = None, *, fresh: bool = False
     ) -> Conversation:
-        try:
-            aggregate: Conversation = self.repository.get(
-                conversation_id, version=version, projector_func=_replay
-            )
-        except AggregateNotFoundError:
-            raise ConversationNotFound(f"No conversation with id {conversation_id}.") from None
-        if fresh and version is None:
-            for event in self.events.get(conversation_id, gt=aggregate.version):
-                event.mutate(aggregate)  # type: ignore[attr-defined]
+        with self.failures():
+            try:
+                aggregate: Conversation = self.repository.get(
+                    conversation_id, version=version, projector_func=_replay
+                )
+            except AggregateNotFoundError:
+                raise ConversationNotFound(f"No conversation with id {conversation_id}.") from None
+            if fresh and version is None:
+                for event in self.events.get(conversation_id, gt=aggregate.version):
+                    event.mutate(aggregate)  # type: ignore[attr-defined]
         return aggregate
 
     def forget(self, conversation_id: UUID) -> None:
@@ -94,9 +98,7 @@ class EventStore(Application[UUID]):
                 self.repository.cache.get(conversation_id, evict=True)
 
     def stored_event(self, conversation_id: UUID, position: int) -> StoredEvent:
-        events = self.recorder.select_events(
-            conversation_id, gt=position - 1, lte=position, limit=1
-        )
+        events = self.stored_events(conversation_id, position, position)
         if not events:
             raise ConversationNotFound(
                 f"Conversation {conversation_id} has no event at position {position}."
@@ -104,7 +106,8 @@ class EventStore(Application[UUID]):
         return events[0]
 
     def stored_events(self, conversation_id: UUID, first: int, last: int) -> Sequence[StoredEvent]:
-        return self.recorder.select_events(conversation_id, gt=first - 1, lte=last)
+        with self.failures():
+            return self.recorder.select_events(conversation_id, gt=first - 1, lte=last)
 
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         # The library would re-read the aggregate from the store to snapshot it; the saved
@@ -116,6 +119,8 @@ class EventStore(Application[UUID]):
                 for e in processing_event.events
                 if e.originator_id == aggregate.id
             ]
+            if not versions:  # read but left unchanged (a title set to what it was)
+                continue
             first, last = min(versions), max(versions)
             if last // SNAPSHOT_INTERVAL > (first - 1) // SNAPSHOT_INTERVAL:
                 snapshot: Any = Conversation.Snapshot.take(aggregate)  # type: ignore[attr-defined]

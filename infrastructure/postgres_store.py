@@ -12,13 +12,14 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from uuid import UUID
 
 import psycopg
+from eventsourcing.persistence import PersistenceError
 from eventsourcing.utils import get_topic
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -28,12 +29,15 @@ from domain.errors import ConcurrencyConflict, StoreError
 from infrastructure.database import Cursor, Database, PostgresDialect
 from infrastructure.event_store import EventStore
 from infrastructure.projecting_recorder import ProjectingPostgresRecorder
+from infrastructure.redaction import mask, passwords_in, redact
 from infrastructure.schema import (
+    MARKER_TABLE,
     META_TABLE_DDL,
     READ_SCHEMA_VERSION,
     RECORD_SCHEMA_VERSION,
     SCHEMA_VERSION,
     check_schema_version,
+    no_store_in,
 )
 
 #: Seconds to wait for the server, and for another writer's lock on the log.
@@ -44,8 +48,12 @@ LOCK_TIMEOUT = 30
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
+#: libpq's two spellings, and SQLAlchemy's naming psycopg as the driver (read as the first).
+_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+
+
 def is_postgres_url(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
+    return url.startswith(_SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -54,20 +62,28 @@ class PostgresLocation:
     host: str
     port: str
     user: str
-    password: str
+    # Never shown, not even by repr (a traceback's locals, a debugger, a log).
+    password: str = field(repr=False)
     schema: str
-    #: The URL's other libpq parameters, for our own connection.
-    conninfo: str
+    #: The URL's other libpq parameters, for our own connection (it may hold the password).
+    conninfo: str = field(repr=False)
 
     def __str__(self) -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname} ({self.schema})"
 
+    def redact(self, text: str) -> str:
+        """`text` (a driver's error, say) with the password masked."""
+        return mask(text, {self.password, *passwords_in(self.conninfo)})
+
 
 def parse_database_url(url: str) -> PostgresLocation:
+    given = url
+    if url.startswith("postgresql+psycopg://"):
+        url = "postgresql://" + url.removeprefix("postgresql+psycopg://")
     try:
         parts = urlsplit(url)
     except ValueError as error:
-        raise StoreError(f"The database URL is not valid: {error}.") from None
+        raise StoreError(f"The database URL is not valid: {redact(str(error), given)}.") from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((value for key, value in query if key == "schema"), "public")
     # fullmatch: `$` would also match before a trailing newline.
@@ -84,7 +100,8 @@ def parse_database_url(url: str) -> PostgresLocation:
     try:
         params = conninfo_to_dict(libpq_url)
     except psycopg.ProgrammingError as error:
-        raise StoreError(f"The database URL is not valid: {str(error).strip()}.") from None
+        message = redact(str(error).strip(), given)
+        raise StoreError(f"The database URL is not valid: {message}.") from None
     return PostgresLocation(
         dbname=str(params.get("dbname") or os.environ.get("PGDATABASE") or "postgres"),
         host=str(params.get("host") or os.environ.get("PGHOST") or "localhost"),
@@ -102,34 +119,47 @@ def _pyformat(statement: str) -> str:
     return statement.replace("?", "%s")
 
 
+def _bound(parameters: Sequence[Any]) -> list[Any]:
+    return [PostgresDialect.text_to_store(p) if isinstance(p, str) else p for p in parameters]
+
+
+def _loaded(row: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(PostgresDialect.text_from_store(v) if isinstance(v, str) else v for v in row)
+
+
 class PostgresCursor:
-    """A psycopg cursor that takes the `?` parameters our SQL is written with."""
+    """A psycopg cursor that takes the `?` parameters our SQL is written with, and keeps
+    text whole that PostgreSQL's text type could not hold (see PostgresDialect)."""
 
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self.cursor = cursor
 
     def execute(self, statement: str, parameters: Sequence[Any] = ()) -> PostgresCursor:
-        self.cursor.execute(_pyformat(statement), parameters)
+        self.cursor.execute(_pyformat(statement), _bound(parameters))
         return self
 
     def executemany(self, statement: str, parameters: Iterable[Sequence[Any]]) -> None:
-        self.cursor.executemany(_pyformat(statement), parameters)
+        self.cursor.executemany(_pyformat(statement), map(_bound, parameters))
 
     def fetchone(self) -> Any:
-        return self.cursor.fetchone()
+        row = self.cursor.fetchone()
+        return None if row is None else _loaded(row)
 
     def fetchall(self) -> list[Any]:
-        return self.cursor.fetchall()
+        return [_loaded(row) for row in self.cursor.fetchall()]
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self.cursor)
+        return map(_loaded, self.cursor)
 
 
 class PostgresDatabase(Database):
     dialect = PostgresDialect()
+    driver_errors = (psycopg.Error,)
 
-    def __init__(self, location: PostgresLocation) -> None:
+    def __init__(self, location: PostgresLocation, *, read_only: bool = False) -> None:
         self.location = location
+        self.where = str(location)
+        self.read_only = read_only
         self.connection = self._connect()
         self._search_path = location.schema
         self._locked = False
@@ -148,37 +178,43 @@ class PostgresDatabase(Database):
                 autocommit=True,
                 row_factory=tuple_row,
                 # A lock wait (a conversation's lock, a rebuild's) ends with an error
-                # rather than never.
-                options=f"-c search_path={location.schema} -c lock_timeout={LOCK_TIMEOUT}s",
+                # rather than never; opened read-only, the server refuses any write too.
+                options=f"-c search_path={location.schema} -c lock_timeout={LOCK_TIMEOUT}s"
+                + (" -c default_transaction_read_only=on" if self.read_only else ""),
             )
         except psycopg.OperationalError as error:
             raise StoreError(
-                f"Cannot connect to PostgreSQL at {location}: {error}".strip()
+                location.redact(f"Cannot connect to PostgreSQL at {location}: {error}".strip())
             ) from None
 
-    def _failed(self, error: psycopg.OperationalError) -> StoreError:
+    def failed(self, error: Exception) -> StoreError:
         if self.connection.broken:
             # The server closed the connection (a restart, a failover, a terminated
             # backend): the next call connects again.
             self.connection = self._connect()
             self._locked = False
-        return StoreError(f"PostgreSQL at {self.location} failed: {error}".strip())
+        return StoreError(
+            self.location.redact(f"PostgreSQL at {self.location} failed: {error}".strip())
+        )
 
     def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
         try:
             return PostgresCursor(self.connection.cursor()).execute(statement, parameters)
         except psycopg.OperationalError as error:
             if not self.connection.broken:
-                raise self._failed(error) from None
+                raise self.failed(error) from None
             # A read on a connection the server closed can safely be repeated.
-            self._failed(error)
+            self.failed(error)
             try:
                 return PostgresCursor(self.connection.cursor()).execute(statement, parameters)
             except psycopg.OperationalError as again:
-                raise self._failed(again) from None
+                raise self.failed(again) from None
+        except psycopg.Error as error:
+            raise self.failed(error) from None
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
+        self.refuse_if_read_only()
         try:
             with self.connection.transaction():
                 cursor = PostgresCursor(self.connection.cursor())
@@ -186,8 +222,8 @@ class PostgresDatabase(Database):
                 # is inserted (or projected) by anyone else.
                 cursor.execute(f"LOCK TABLE {self.dialect.events_table} IN EXCLUSIVE MODE")
                 yield cursor
-        except psycopg.OperationalError as error:
-            raise self._failed(error) from None
+        except (psycopg.Error, PersistenceError) as error:
+            raise self.failed(error) from None
 
     def projection_cursor(self, recorder_cursor: Any) -> Cursor:
         """A cursor in the recorder's insert transaction, on this store's schema (the
@@ -198,6 +234,7 @@ class PostgresDatabase(Database):
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
+        self.refuse_if_read_only()
         try:
             yield
         finally:
@@ -247,23 +284,36 @@ class PostgresDatabase(Database):
         self.connection.close()
 
 
-def _prepare_schema(database: PostgresDatabase) -> None:
-    schema = database.location.schema
-    database.connection.execute(
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
-    )
-    database.execute(META_TABLE_DDL)
+def _prepare_schema(database: PostgresDatabase, *, read_only: bool, must_exist: bool) -> None:
+    """Checks the store's schema version, creating its schema and first table if it has
+    none, unless it must exist already (read-only, it must)."""
+    location = database.location
+    if read_only or must_exist:
+        found = database.execute(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = ? AND tablename = ?",
+            (location.schema, MARKER_TABLE),
+        ).fetchone()
+        if found is None:
+            raise no_store_in(location)
+    else:
+        database.connection.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(location.schema))
+        )
+        database.execute(META_TABLE_DDL)
     row = database.execute(READ_SCHEMA_VERSION).fetchone()
-    check_schema_version(row[0] if row else None, str(database.location))
-    database.execute(RECORD_SCHEMA_VERSION, (str(SCHEMA_VERSION),))
+    check_schema_version(row[0] if row else None, str(location))
+    if not read_only:
+        database.execute(RECORD_SCHEMA_VERSION, (str(SCHEMA_VERSION),))
 
 
-def open_postgres(url: str, cache_size: int) -> tuple[PostgresDatabase, EventStore]:
+def open_postgres(
+    url: str, cache_size: int, *, read_only: bool = False, must_exist: bool = False
+) -> tuple[PostgresDatabase, EventStore]:
     location = parse_database_url(url)
-    database = PostgresDatabase(location)
+    database = PostgresDatabase(location, read_only=read_only)
     try:
         with database.setup_lock():
-            _prepare_schema(database)
+            _prepare_schema(database, read_only=read_only, must_exist=must_exist)
             store = EventStore(
                 {
                     "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -277,12 +327,16 @@ def open_postgres(url: str, cache_size: int) -> tuple[PostgresDatabase, EventSto
                     "POSTGRES_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
                     "AGGREGATE_CACHE_MAXSIZE": str(max(1, cache_size)),
                     "APPLICATION_RECORDER_TOPIC": get_topic(ProjectingPostgresRecorder),
+                    "CREATE_TABLE": "n" if read_only else "y",
                 }
             )
     except psycopg.Error as error:
         database.close()
-        raise StoreError(f"Cannot open the store at {location}: {error}".strip()) from None
+        raise StoreError(
+            location.redact(f"Cannot open the store at {location}: {error}".strip())
+        ) from None
     except BaseException:
         database.close()
         raise
+    store.failures = database.failures
     return database, store

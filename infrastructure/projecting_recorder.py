@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
-from psycopg import Cursor
-from psycopg.rows import DictRow
+from eventsourcing.utils import retry
 
 #: Called inside the insert transaction with (cursor, notification ids).
 InTransactionProjector = Callable[[Any, Sequence[int]], None]
@@ -33,13 +32,30 @@ class ProjectingSQLiteRecorder(SQLiteApplicationRecorder):
 class ProjectingPostgresRecorder(PostgresApplicationRecorder):
     """The library inserts under an EXCLUSIVE lock on the events table, so notification ids
     commit in order; projecting after the insert, in that transaction, projects every event
-    exactly once and in log order, whichever process or host wrote it."""
+    exactly once and in log order, whichever process or host wrote it.
 
-    def _fetch_ids_after_insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    The library's own insert_events keeps an error raised after the insert until its
+    transaction has committed (so that psycopg's pipeline ends quietly): the events of a
+    failed projection would stay in the log with nothing projected. Here any error rolls the
+    whole insert back."""
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events)
-        project: InTransactionProjector | None = kwargs.get("project")
-        if project is not None and notification_ids:
-            project(curs, notification_ids)
-        return notification_ids
+        if not stored_events:
+            return None
+        with (
+            self.datastore.get_connection() as connection,
+            connection.pipeline() as pipeline,
+            connection.transaction(),
+            connection.cursor() as cursor,
+        ):
+            self._insert_stored_events(cursor, stored_events)
+            # A conflict on a stream's position is an IntegrityError here, not at commit.
+            pipeline.sync()
+            notification_ids = self._fetch_ids_after_insert_events(cursor, stored_events)
+            project: InTransactionProjector | None = kwargs.get("project")
+            if project is not None and notification_ids:
+                project(cursor, notification_ids)
+            return notification_ids

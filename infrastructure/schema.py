@@ -9,6 +9,8 @@ from domain.errors import StoreError
 
 SCHEMA_VERSION = 1
 
+#: The first table chatledger creates in a store: where it is, the store is chatledger's.
+MARKER_TABLE = "chatledger_meta"
 META_TABLE_DDL = (
     "CREATE TABLE IF NOT EXISTS chatledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 )
@@ -29,3 +31,7 @@ def check_schema_version(version: Any, where: str) -> None:
             f"{where} was written by a newer chatledger (schema {version}; this one reads up to "
             f"{SCHEMA_VERSION}). Upgrade chatledger to open it."
         )
+
+
+def no_store_in(where: object) -> StoreError:
+    return StoreError(f"There is no chatledger store in {where} (run a chat there first).")

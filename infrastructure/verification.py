@@ -167,6 +167,8 @@ def read_anchor(path: Path) -> Anchor:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise FileInputError(f"Cannot read anchor file {path}: {reason}.") from None
+    except (ValueError, RuntimeError) as error:  # a NUL in the name, "~nosuchuser", ...
+        raise FileInputError(f"Cannot read anchor file {path!r}: {error}.") from None
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as error:

@@ -174,12 +174,13 @@ class ReadModel:
         where, params = "", []
         if search_term and search_term.strip():
             matching, search_params = self.search.conversations_matching(search_term)
-            like = f"%{search_term.strip().lower()}%"
+            part = search_term.strip().lower()
+            contains = self.dialect.contains
             where = (
-                "WHERE lower(coalesce(title, '')) LIKE ? OR lower(coalesce(first_user_text, '')) "
-                f"LIKE ? OR conversation_id IN ({matching})"
+                f"WHERE {contains('lower(title)')} OR {contains('lower(first_user_text)')} "
+                f"OR conversation_id IN ({matching})"
             )
-            params = [like, like, *search_params]
+            params = [part, part, *search_params]
         rows = self.db.execute(
             "SELECT conversation_id, title, first_user_text, created_at, last_active, "
             f"message_count, token_count FROM conversations {where} "
@@ -232,14 +233,18 @@ class ReadModel:
         )
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    def answered_call(self, conversation_id: UUID, idempotency_key: str) -> tuple[str, str] | None:
-        """(call id, reply message id) of a call made under this key and answered."""
+    def answered_call(
+        self, conversation_id: UUID, idempotency_key: str
+    ) -> tuple[str, str, str | None] | None:
+        """(call id, reply message id, input hash) of a call made under this key and
+        answered."""
         row = self.db.execute(
-            "SELECT call_id, reply_message_id FROM model_calls WHERE conversation_id=? "
-            "AND idempotency_key=? AND status='responded' AND reply_message_id IS NOT NULL",
+            "SELECT call_id, reply_message_id, input_hash FROM model_calls WHERE "
+            "conversation_id=? AND idempotency_key=? AND status='responded' "
+            "AND reply_message_id IS NOT NULL",
             (conversation_id.hex, idempotency_key),
         ).fetchone()
-        return (row[0], row[1]) if row else None
+        return (row[0], row[1], row[2]) if row else None
 
     def branches(self) -> list[dict[str, Any]]:
         rows = self.db.execute(

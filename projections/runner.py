@@ -13,6 +13,7 @@ from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
+from domain.errors import StoreError
 from infrastructure.database import Cursor, Database, Dialect
 from projections.base import Handler, Projection
 from projections.branches import BranchTree
@@ -54,6 +55,8 @@ class ProjectionRunner:
             for event_type, handler in projection.handlers().items():
                 self._dispatch.setdefault(event_type, []).append(handler)
         self._rebuild_needed = self._schema_changed()
+
+    def _create_tables(self) -> None:
         with self.db.transaction() as cursor:
             cursor.execute(
                 self.dialect.ddl(
@@ -82,6 +85,7 @@ class ProjectionRunner:
     def catch_up_or_rebuild(self) -> int:
         """Brings the projections up to date: rebuilt from the log when their schema changed
         since the store was last opened (a newer chatledger), else caught up."""
+        self._create_tables()
         if not self._rebuild_needed:
             return self.catch_up()
         applied = self.rebuild()
@@ -92,6 +96,20 @@ class ProjectionRunner:
         )
         self._rebuild_needed = False
         return applied
+
+    def require_current(self) -> None:
+        """What a store opened read-only needs instead of catch_up_or_rebuild, which writes:
+        projections of this schema that have applied the whole log."""
+        if not self._rebuild_needed:
+            log, number = self.dialect.events_table, self.dialect.notification_column
+            logged = self.db.execute(f"SELECT MAX({number}) FROM {log}").fetchone()[0]
+            if self.position() >= (logged or 0):
+                return
+        raise StoreError(
+            f"The read models of {self.db.where} are behind its log (it was last written by "
+            "another chatledger), and opened read-only they cannot be brought up to date: "
+            "open it for writing once (`chatledger rebuild` does) and read it again."
+        )
 
     def readable_tables(self) -> list[str]:
         """Every projection table whose rows can be read back, for comparing a rebuild with

@@ -94,9 +94,11 @@ class PostgresMessageSearch(MessageSearch):
     )
 
     def index(self, cursor: Cursor, event: Any, notification_id: int, text: str) -> None:
+        # NUL separates words, as in FTS5; left in, it would be stored escaped, glued to the
+        # words around it.
         cursor.execute(
             "INSERT INTO message_search VALUES (?, ?, to_tsvector('simple', ?))",
-            (notification_id, event.originator_id.hex, _fold(text)),
+            (notification_id, event.originator_id.hex, _fold(text).replace("\x00", " ")),
         )
 
     def conversations_matching(self, search_term: str) -> tuple[str, list[Any]]:

@@ -37,7 +37,8 @@ class TokenUsage(Projection):
             reported_prompt_tokens INTEGER,
             completion_tokens INTEGER,
             latency_ms REAL,
-            attempts INTEGER
+            attempts INTEGER,
+            input_hash TEXT
         )""",
         "CREATE INDEX IF NOT EXISTS model_calls_by_key "
         "ON model_calls (conversation_id, idempotency_key)",
@@ -83,7 +84,7 @@ class TokenUsage(Projection):
     def _called(cursor: Cursor, event: Any, _: int) -> None:
         cursor.execute(
             "INSERT INTO model_calls VALUES "
-            "(?,?,?,?,?,?,?,?,?,?,'called',NULL,NULL,NULL,NULL,NULL)",
+            "(?,?,?,?,?,?,?,?,?,?,'called',NULL,NULL,NULL,NULL,NULL,?)",
             (
                 event.call_id,
                 event.originator_id.hex,
@@ -95,6 +96,7 @@ class TokenUsage(Projection):
                 event.prompt_tokens,
                 event.request_hash,
                 event.idempotency_key,
+                event.input_hash,
             ),
         )
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import hashlib
 import json
 import os
 import time
@@ -47,6 +46,7 @@ from anthropic import AsyncAnthropic
 
 from chatledger.providers import ChunkCallback, ModelReply, ProviderError, ToolCall, deliver
 from domain.errors import InvalidInput
+from infrastructure.files import recorded_image
 
 #: Sent as the API key when a base_url is given and no key is found (local gateways, fakes).
 PLACEHOLDER_API_KEY = "chatledger-no-key"
@@ -300,29 +300,12 @@ def _tool_output_blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _image_block(part: dict[str, Any]) -> dict[str, Any]:
-    path = Path(str(part.get("path", "")))
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ProviderError(
-            f"Cannot send image {path}: {error.strerror or error}.",
-            kind="invalid_request",
-            retryable=False,
-        ) from error
-    expected = part.get("sha256")
-    if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise ProviderError(
-            f"Cannot send image {path}: the file changed since it was added to the "
-            f"conversation (sha256 {expected[:12]}... expected).",
-            kind="invalid_request",
-            retryable=False,
-        )
     return {
         "type": "image",
         "source": {
             "type": "base64",
             "media_type": part.get("media_type") or "application/octet-stream",
-            "data": base64.b64encode(data).decode("ascii"),
+            "data": base64.b64encode(recorded_image(part)).decode("ascii"),
         },
     }
 

@@ -9,7 +9,6 @@ retrying can help."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import email.utils
 import http
@@ -27,6 +26,7 @@ import openai
 from openai import AsyncOpenAI
 
 from chatledger.providers import ChunkCallback, ModelReply, ProviderError, ToolCall, deliver
+from infrastructure.files import image_data_url
 
 MaxTokensField = Literal["max_completion_tokens", "max_tokens"]
 
@@ -303,7 +303,7 @@ def _user_content(content: Any) -> str | list[dict[str, Any]]:
         if kind in _TEXT_KEYS:
             parts.append({"type": "text", "text": part[_TEXT_KEYS[kind]]})
         elif kind == "image":
-            parts.append({"type": "image_url", "image_url": {"url": _data_url(part)}})
+            parts.append({"type": "image_url", "image_url": {"url": image_data_url(part)}})
         elif kind == "image_url":  # already inlined (ModelRequest.for_client)
             parts.append({"type": "image_url", "image_url": part["image_url"]})
         else:
@@ -330,19 +330,6 @@ def _text_content(content: Any) -> str:
         elif kind == "image_url":
             texts.append("[image]")
     return "\n".join(texts)
-
-
-def _data_url(part: Mapping[str, Any]) -> str:
-    path = Path(part["path"])
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ProviderError(
-            f"Cannot read the image {path} to send it to the model: {exc.strerror or exc}",
-            kind="bad_request",
-            retryable=False,
-        ) from exc
-    return f"data:{part['media_type']};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _default_max_tokens_field(base_url: str) -> MaxTokensField:

@@ -5,7 +5,8 @@ schema that the CLI is pointed at through CHATLEDGER_DATABASE_URL.
 The demo runs once per module and store as a real subprocess of the installed console script,
 and so do a verify and an error case; the other commands run in-process through typer's
 CliRunner (same app, same store, a fraction of the start-up time). What they print is checked
-against the Ledger's own answers for the same store."""
+against the Ledger's own answers for the same store. (The harness is in harness.py, the
+fixtures in conftest.py.)"""
 
 from __future__ import annotations
 
@@ -13,175 +14,32 @@ import os
 import re
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from rich.console import Console
-from typer.testing import CliRunner
 
-from chatledger import cli
-from chatledger.ledger import Ledger
 from infrastructure.postgres_store import parse_database_url
 from infrastructure.stores import DATABASE_URL_VARIABLE
+from tests.e2e.harness import (
+    EXECUTABLE,
+    UNKNOWN_ID,
+    UUID_RE,
+    Demo,
+    Store,
+    chatledger,
+    invoke,
+)
 from tests.postgres import DSN, fresh_schema, requires_postgres
-
-UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-EXECUTABLE = shutil.which("chatledger")
 
 pytestmark = pytest.mark.skipif(
     EXECUTABLE is None, reason="the chatledger console script is not installed"
 )
 
-
-STORES = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=[requires_postgres, pytest.mark.postgres]),
-]
 READING_COMMANDS = [
     pytest.param([name], id=name) for name in ("ls", "verify", "tree", "checkpoints", "rebuild")
 ]
-
-
-@dataclass(frozen=True)
-class Store:
-    """Where the CLI keeps its log: the workspace's SQLite file (no url) or a PostgreSQL
-    schema (a url with ?schema=)."""
-
-    name: str
-    url: str | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        # Empty means the workspace's SQLite file, whatever the caller's environment holds.
-        return {DATABASE_URL_VARIABLE: self.url or ""}
-
-    @contextmanager
-    def ledger(self, workspace: Path) -> Iterator[Ledger]:
-        ledger = Ledger(workspace, database_url=self.url or "")
-        try:
-            yield ledger
-        finally:
-            ledger.close()
-
-
-@contextmanager
-def open_store(name: str) -> Iterator[Store]:
-    if name == "sqlite":
-        yield Store(name)
-        return
-    with fresh_schema() as url:
-        yield Store(name, url)
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        """stdout and stderr with runs of whitespace collapsed (rich wraps long lines)."""
-        return " ".join((self.out + self.err).split())
-
-
-def chatledger(
-    *args: str | Path, cwd: Path | None = None, env: Mapping[str, str] | None = None
-) -> Result:
-    assert EXECUTABLE is not None
-    completed = subprocess.run(
-        [EXECUTABLE, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env={**os.environ, **(env or {}), "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"},
-        check=False,
-    )
-    result = Result(completed.returncode, completed.stdout, completed.stderr)
-    assert "Traceback" not in result.out + result.err, result.out + result.err
-    return result
-
-
-@pytest.fixture(autouse=True)
-def cli_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process runs print through cli.console; make it wide so nothing is truncated. And a
-    test runs on the workspace's SQLite file unless it asks for another store, even where the
-    developer's shell sets CHATLEDGER_DATABASE_URL."""
-    monkeypatch.setattr(cli, "console", Console(width=250, no_color=True))
-    monkeypatch.setenv(DATABASE_URL_VARIABLE, "")
-
-
-def invoke(*args: str | Path) -> Result:
-    """The same app in-process (typer's CliRunner); an unexpected exception fails the test,
-    and so does a thread left running (on PostgreSQL an unclosed Ledger keeps its pool's)."""
-    threads = set(threading.enumerate())
-    result = CliRunner().invoke(cli.app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert "Traceback" not in result.stdout + result.stderr
-    left_running = [t.name for t in threading.enumerate() if t not in threads and t.is_alive()]
-    assert not left_running, f"chatledger {' '.join(map(str, args))} left {left_running}"
-    return Result(result.exit_code, result.stdout, result.stderr)
-
-
-@dataclass(frozen=True)
-class Demo:
-    store: Store
-    workspace: Path
-    result: Result
-    parent: str
-    branch: str
-    conversations: list[dict[str, Any]]
-    events: int
-
-
-@pytest.fixture(scope="module", params=STORES)
-def demo_run(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Demo]:
-    with open_store(request.param) as store:
-        workspace = tmp_path_factory.mktemp("cli") / "ws"
-        result = chatledger("demo", "--workspace", workspace, env=store.env)
-        assert result.code == 0, result.out + result.err
-        with store.ledger(workspace) as ledger:
-            conversations = ledger.list_conversations()
-            branches = ledger.branch_tree()
-            events = ledger.verify().events
-        assert len(branches) == 1
-        yield Demo(
-            store,
-            workspace,
-            result,
-            parent=branches[0]["parent_id"],
-            branch=branches[0]["branch_id"],
-            conversations=conversations,
-            events=events,
-        )
-
-
-@pytest.fixture
-def demo(demo_run: Demo, cli_defaults: None, monkeypatch: pytest.MonkeyPatch) -> Demo:
-    """The module's demo on one store; the test's commands, in-process or not, use that store."""
-    monkeypatch.setenv(DATABASE_URL_VARIABLE, demo_run.store.url or "")
-    return demo_run
-
-
-@pytest.fixture(params=STORES)
-def store(
-    request: pytest.FixtureRequest, cli_defaults: None, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Store]:
-    """An empty store of the test's own; the test's commands use it."""
-    with open_store(request.param) as opened:
-        monkeypatch.setenv(DATABASE_URL_VARIABLE, opened.url or "")
-        yield opened
 
 
 def test_demo_prints_turns_tree_checkpoints_and_usage(demo: Demo) -> None:
@@ -206,10 +64,10 @@ def test_demo_prints_turns_tree_checkpoints_and_usage(demo: Demo) -> None:
         assert f" {kind} " in text
     assert "before Sintra" in text
     # the token usage and the final verification
-    usage = re.search(r"token usage (\d+) of (\d+) \((\d+\.\d+)%\)", text)
+    usage = re.search(r"(\d+) of (\d+) tokens \((\d+\.\d+)%\) of the usable window", text)
     assert usage, text
     assert 0 < int(usage.group(1)) < int(usage.group(2))
-    assert "categories=" in text and "'DIALOG'" in text
+    assert re.search(r"│ DIALOG +│ +\d+ │", demo.result.out), demo.result.out
     assert f"verify ok: {demo.events} events in 2 conversations" in text
     # the last line names the store the demo wrote to
     last_line = demo.result.out.strip().splitlines()[-1]
@@ -434,7 +292,7 @@ def test_reading_commands_never_create_a_postgres_schema(
         monkeypatch.setenv(DATABASE_URL_VARIABLE, url)
         result = invoke(*command, "--workspace", tmp_path / "ws")
         assert result.code == 2, result.text
-        assert f"error: no chatledger store in {parse_database_url(url)}" in result.text
+        assert f"no chatledger store in {parse_database_url(url)}" in result.text
         assert not _schema_exists(url)
         assert not (tmp_path / "ws").exists()
 
@@ -458,12 +316,12 @@ def test_unreachable_postgres_exits_2_with_a_readable_error(
     monkeypatch.setenv(DATABASE_URL_VARIABLE, UNREACHABLE)
     result = invoke(*command, "--workspace", tmp_path / "ws")
     assert result.code == 2, result.text
-    assert result.out.startswith(
+    assert result.err.startswith(
         "error: Cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/test (public)"
-    ), result.out
+    ), result.err
     assert "Connection refused" in result.text
     assert "s3cret" not in result.text
-    assert len(result.out.strip().splitlines()) <= 4, result.out
+    assert len(result.err.strip().splitlines()) <= 4, result.err
     assert not (tmp_path / "ws").exists()
 
 

@@ -180,8 +180,9 @@ class StoreContract:
         manager = self.manager(
             workspace, checkpoint_config=CheckpointConfig(max_auto_checkpoints=3)
         )
+        manager.add_message("user", "m0")
         manual = await manager.create_manual_checkpoint("keep me")
-        for index in range(6):
+        for index in range(1, 6):
             manager.add_message("user", f"m{index}")
         autos = manager.list_checkpoints(checkpoint_type=CheckpointType.AUTO)
         assert [c["message_count"] for c in autos] == [6, 5, 4]

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from anthropic import AsyncAnthropic
 
+from chatledger import FileInputError
 from chatledger.providers import ProviderError, ToolCall
 from infrastructure.providers.anthropic_provider import (
     LEADING_USER_TURN,
@@ -263,12 +264,11 @@ async def test_a_changed_or_missing_image_is_refused_before_sending(
     image = tmp_path / "x.png"
     image.write_bytes(b"new bytes")
     part = {"type": "image", "sha256": "0" * 64, "path": str(image), "media_type": "image/png"}
-    with pytest.raises(ProviderError, match="changed") as changed:
+    with pytest.raises(FileInputError, match="changed"):
         await provider.complete([{"role": "user", "content": [part]}])
     missing = {**part, "path": str(tmp_path / "gone.png")}
-    with pytest.raises(ProviderError, match=r"gone\.png"):
+    with pytest.raises(FileInputError, match=r"gone\.png"):
         await provider.complete([{"role": "user", "content": [missing]}])
-    assert changed.value.retryable is False
     assert server.requests == []
 
 

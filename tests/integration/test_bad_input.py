@@ -499,6 +499,43 @@ LEDGER_CASES = [
         "checkpoint type",
         id="checkpoint-bad-type",
     ),
+    # limits and search terms: refused before any database sees them
+    pytest.param(
+        lambda c: c.lg.list_conversations(2**64),
+        InvalidInput,
+        "limit must be a non-negative integer of at most 9223372036854775807",
+        id="list-limit-past-64-bits",
+    ),
+    pytest.param(
+        lambda c: c.lg.list_conversations(10, 2**63),
+        InvalidInput,
+        "offset must be a non-negative integer",
+        id="list-offset-past-64-bits",
+    ),
+    pytest.param(
+        lambda c: c.lg.list_conversations(10, 0, "lisbon " * 20_000),
+        InvalidInput,
+        "the limit is 1000 characters",
+        id="list-search-huge",
+    ),
+    pytest.param(
+        lambda c: c.lg.list_conversations(10, 0, 42),
+        InvalidInput,
+        "search term must be a string",
+        id="list-search-int",
+    ),
+    pytest.param(
+        lambda c: c.lg.checkpoints(c.conversation, limit=-5),
+        InvalidInput,
+        "limit must be a non-negative integer",
+        id="checkpoints-negative-limit",
+    ),
+    pytest.param(
+        lambda c: c.lg.checkpoints(limit=2**64),
+        InvalidInput,
+        "limit must be a non-negative integer",
+        id="checkpoints-limit-past-64-bits",
+    ),
 ]
 
 

@@ -17,97 +17,45 @@ and files and run only there."""
 
 from __future__ import annotations
 
-import multiprocessing
+import asyncio
 import os
 import queue
-import sqlite3
 import subprocess
 import sys
 import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 from uuid import uuid4
 
-import psycopg
 import pytest
 from eventsourcing.persistence import RecordConflictError
 
 from chatledger import ConcurrencyConflict
 from chatledger.ledger import MAX_ATTEMPTS, Ledger
-from domain.events import CheckpointCreated, MessageAppended
-from tests import postgres
-from tests.postgres import fresh_schema, requires_postgres
+from tests.integration.processes import (
+    RUN_TIMEOUT,
+    SPAWN,
+    StoreSpec,
+    assert_every_context_reproducible,
+    assert_log_consistent,
+    describe_error,
+    postgres_admin,
+    store_fixture,  # noqa: F401
+    type_name,
+)
 
-SPAWN = multiprocessing.get_context("spawn")
 WORKERS = 4
 APPENDS = 40
-#: Seconds a whole worker run may take before the test gives up on it.
-RUN_TIMEOUT = 60.0
-
-
-# -- where a process opens its ledger ---------------------------------------------------------
-@dataclass(frozen=True)
-class StoreSpec:
-    """Everything a fresh process needs to open the same store (picklable, so it crosses a
-    spawn): the workspace folder and, for PostgreSQL, the database URL of the test's schema."""
-
-    workspace: str
-    dsn: str | None = None
-
-    def open(self) -> Ledger:
-        # An empty URL is the workspace's SQLite file even where CHATLEDGER_DATABASE_URL is
-        # set, so the SQLite runs stay on SQLite whatever the environment says.
-        return Ledger(Path(self.workspace), database_url=self.dsn or "")
-
-    def sqlite_path(self) -> Path | None:
-        return None if self.dsn is not None else Path(self.workspace) / "chatledger.db"
-
-    def schema(self) -> str | None:
-        """The PostgreSQL schema every table of this store lives in."""
-        if self.dsn is None:
-            return None
-        return dict(parse_qsl(urlsplit(self.dsn).query))["schema"]
-
-
-STORES = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=[requires_postgres, pytest.mark.postgres]),
-]
-
-
-@contextmanager
-def new_store(kind: str, workspace: Path) -> Iterator[StoreSpec]:
-    """An empty store: a workspace folder not yet created and, on PostgreSQL, a schema not
-    yet created (the first Ledger creates it), dropped afterwards."""
-    if kind == "sqlite":
-        yield StoreSpec(workspace=str(workspace))
-        return
-    with fresh_schema() as url:
-        yield StoreSpec(workspace=str(workspace), dsn=url)
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSpec]:
-    with new_store(request.param, tmp_path / "workspace") as spec:
-        yield spec
 
 
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> StoreSpec:
     return StoreSpec(workspace=str(tmp_path / "workspace"))
-
-
-def postgres_admin() -> psycopg.Connection[Any]:
-    """A connection beside the store's own, to look at the server's view of the store."""
-    assert postgres.DSN is not None
-    return psycopg.connect(postgres.DSN, autocommit=True)
 
 
 # -- the worker side ------------------------------------------------------------------------
@@ -126,20 +74,6 @@ class WorkerReport:
     #: Conflicting saves that Ledger._run retried internally (observed, not an error).
     retries: int = 0
     seconds: float = 0.0
-
-
-def _type_name(error: BaseException) -> str:
-    return f"{type(error).__module__}.{type(error).__qualname__}"
-
-
-def _describe(error: BaseException) -> tuple[str, str, tuple[str, ...], str]:
-    chain: list[str] = []
-    seen: BaseException | None = error
-    while seen is not None and len(chain) < 10:
-        chain.append(f"{_type_name(seen)}: {seen}")
-        seen = seen.__cause__ or seen.__context__
-    tail = "".join(traceback.format_exception(error)[-6:])
-    return _type_name(error), str(error), tuple(chain), tail
 
 
 def count_retries(ledger: Ledger, report: WorkerReport) -> None:
@@ -192,21 +126,21 @@ def append_worker(
             except ConcurrencyConflict as error:
                 report.conflicts += 1
                 report.failed.append(seq)
-                report.errors.append(_describe(error))
+                report.errors.append(describe_error(error))
             except Exception as error:
                 report.failed.append(seq)
-                report.errors.append(_describe(error))
+                report.errors.append(describe_error(error))
             else:
                 report.appended.append((appended.message_id, appended.position))
         report.seconds = time.perf_counter() - started
     except BaseException as error:
-        report.errors.append(_describe(error))
+        report.errors.append(describe_error(error))
     finally:
         if ledger is not None:
             try:
                 ledger.close()
             except BaseException as error:
-                report.errors.append(_describe(error))
+                report.errors.append(describe_error(error))
         results.put(report)
 
 
@@ -260,7 +194,7 @@ def assert_no_errors(reports: Sequence[WorkerReport], max_conflicts: int = 0) ->
     assert not locked, f"'database is locked' reached workers: {locked}"
     raw = [e for e in errors if any(link.startswith(("sqlite3.", "psycopg.")) for link in e[3])]
     assert not raw, f"raw database driver errors reached workers: {raw}"
-    unexpected = [e for e in errors if e[1] != _type_name(ConcurrencyConflict("x"))]
+    unexpected = [e for e in errors if e[1] != type_name(ConcurrencyConflict("x"))]
     assert not unexpected, "workers saw unexpected exceptions:\n" + "\n".join(
         f"worker {w}: {kind}: {message}\n{tail}" for w, kind, message, _, tail in unexpected
     )
@@ -292,96 +226,6 @@ def assert_history_exact(
     moved = {mid: (pos, at[mid]) for mid, pos in returned.items() if at[mid] != pos}
     assert not moved, f"returned position != history position: {moved}"
     return history
-
-
-def assert_log_consistent(ledger: Ledger, spec: StoreSpec) -> None:
-    """The hash chains verify, every message event is followed by its auto checkpoint (the
-    same transaction), the projections equal a rebuild, and the database itself is sound:
-    SQLite finds no corruption, PostgreSQL's log is well formed and nobody holds its locks."""
-    report = ledger.verify()
-    assert report.ok, [str(b) for b in report.breaks]
-    for conversation in ledger.list_conversations(limit=1000):
-        stored = ledger.store.recorder.select_events(ledger.conversation(conversation["id"]).id)
-        topics = [event.topic for event in stored]
-        assert [event.originator_version for event in stored] == list(range(1, len(stored) + 1))
-        for index, topic in enumerate(topics):
-            if topic == MessageAppended.TOPIC:
-                following = topics[index + 1] if index + 1 < len(topics) else None
-                assert following == CheckpointCreated.TOPIC, (conversation["id"], index + 1)
-    assert_projections_rebuild_equal(ledger)
-    path = spec.sqlite_path()
-    if path is not None:
-        with closing(sqlite3.connect(path)) as connection:
-            assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    else:
-        assert_postgres_log_sound(spec)
-        assert_postgres_unlocked(spec)
-
-
-def assert_postgres_log_sound(spec: StoreSpec) -> None:
-    """What PRAGMA integrity_check stands for on PostgreSQL, read straight from the tables:
-    every event has its own notification id, every conversation's positions run 1..N with
-    no gap or repeat, and the projections have seen the whole log."""
-    log = f'"{spec.schema()}".chatledger_events'
-    with postgres_admin() as admin:
-        events, numbered, distinct = admin.execute(
-            f"SELECT count(*), count(notification_id), count(DISTINCT notification_id) FROM {log}"
-        ).fetchone() or (0, 0, 0)
-        assert events == numbered == distinct, (events, numbered, distinct)
-        gapped = admin.execute(
-            "SELECT originator_id, count(*), count(DISTINCT originator_version), "
-            f"min(originator_version), max(originator_version) FROM {log} "
-            "GROUP BY originator_id HAVING min(originator_version) <> 1 "
-            "OR max(originator_version) <> count(*) "
-            "OR count(DISTINCT originator_version) <> count(*)"
-        ).fetchall()
-        assert not gapped, f"streams whose positions are not 1..N: {gapped}"
-        projected, logged = admin.execute(
-            f'SELECT (SELECT min(position) FROM "{spec.schema()}".projection_tracking), '
-            f"(SELECT max(notification_id) FROM {log})"
-        ).fetchone() or (None, None)
-        assert projected == (logged or 0), f"projected up to {projected}, log ends at {logged}"
-
-
-def assert_postgres_unlocked(spec: StoreSpec) -> None:
-    """No session is left holding a lock on the store: on its tables (a transaction left
-    open, or aborted and never rolled back), on the advisory lock that serialises creating
-    them, or on any of its conversations' writer locks. Idle connections of open Ledgers
-    hold none, so any lock here is a leak that would stall the next writer."""
-    schema = spec.schema()
-    with postgres_admin() as admin:
-        streams = admin.execute(
-            f'SELECT DISTINCT originator_id FROM "{schema}".chatledger_events'
-        ).fetchall()
-        # Keyed as PostgresDatabase.lock_conversation and setup_lock key them.
-        keys = [int.from_bytes(stream.bytes[:8], "big", signed=True) for (stream,) in streams]
-        (setup_key,) = admin.execute(
-            "SELECT hashtext(%s)::bigint", (f"chatledger:{schema}",)
-        ).fetchone() or (0,)
-        holders = admin.execute(
-            "SELECT a.pid, a.application_name, a.state, l.locktype, c.relname, l.mode "
-            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "LEFT JOIN pg_class c ON c.oid = l.relation "
-            "LEFT JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE l.pid <> pg_backend_pid() AND l.granted AND (n.nspname = %s "
-            "OR (l.locktype = 'advisory' AND l.objsubid = 1 "
-            "AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY(%s)))",
-            (schema, [setup_key, *keys]),
-        ).fetchall()
-    assert not holders, f"sessions still hold locks on the store in {schema}: {holders}"
-
-
-def assert_projections_rebuild_equal(ledger: Ledger) -> None:
-    tables = ledger.projections.readable_tables()
-    live = ledger.read.table_dump(tables)
-    ledger.rebuild_projections()
-    rebuilt = ledger.read.table_dump(tables)
-    differing = {
-        table: (len(live[table]), len(rebuilt[table]))
-        for table in tables
-        if live[table] != rebuilt[table]
-    }
-    assert not differing, f"projections differ from a rebuild (rows live, rebuilt): {differing}"
 
 
 def summary(reports: Sequence[WorkerReport]) -> str:
@@ -593,6 +437,164 @@ def test_a_command_that_loses_every_race_fails_typed_having_written_nothing(
         ledger.close()
 
 
+def chat_when_told(spec: StoreSpec, conversation_id: str, go: Any, results: Any) -> None:
+    """A `chatledger chat` window in its own process: on each `go` (text, pause) takes a turn
+    on the offline model, streaming; with `pause` it stops at the answer's first chunk, says
+    "streaming" and waits for "resume" (a slow model, while the other window takes a turn).
+    Reports ("answer", text) or ("error", description), until told None."""
+    manager = spec.manager()
+    try:
+        results.put("ready")
+        while (order := go.get(timeout=RUN_TIMEOUT)) is not None:
+            text, pause = order
+            chunks: list[str] = []
+
+            def on_chunk(chunk: str, pause: bool = pause, chunks: list[str] = chunks) -> None:
+                if pause and not chunks:
+                    results.put("streaming")
+                    assert go.get(timeout=RUN_TIMEOUT) == "resume"
+                chunks.append(chunk)
+
+            try:
+                answer = asyncio.run(
+                    manager.process_message(
+                        text, conversation_id, streaming=True, stream_callback=on_chunk
+                    )
+                )
+            except Exception as error:
+                results.put(("error", describe_error(error)))
+            else:
+                results.put(("answer", answer))
+    finally:
+        manager.close()
+
+
+@dataclass
+class ChatWindow:
+    """The parent's handle on one chat_when_told process."""
+
+    name: str
+    go: Any
+    results: Any
+    #: (text sent, answer) of every turn answered, in order.
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    sending: str = ""
+
+    def send(self, text: str, *, pause: bool = False) -> None:
+        self.go.put((text, pause))
+        self.sending = text
+
+    def paused(self) -> None:
+        assert self.report() == "streaming", self.name
+
+    def resume(self) -> None:
+        self.go.put("resume")
+
+    def answered(self) -> str:
+        kind, answer = self.report()
+        assert kind == "answer", (self.name, kind)
+        self.turns.append((self.sending, answer))
+        return str(answer)
+
+    def turn(self, text: str) -> str:
+        self.send(text)
+        return self.answered()
+
+    def report(self) -> Any:
+        got = self.results.get(timeout=RUN_TIMEOUT)
+        if isinstance(got, tuple) and got[0] == "error":
+            error_type, message, _, tail = got[1]
+            pytest.fail(f"window {self.name}'s turn failed: {error_type}: {message}\n{tail}")
+        return got
+
+
+@contextmanager
+def chat_windows(spec: StoreSpec, conversation_id: str, names: str) -> Iterator[list[ChatWindow]]:
+    windows = [ChatWindow(name, SPAWN.Queue(), SPAWN.Queue()) for name in names]
+    processes = [
+        SPAWN.Process(
+            target=chat_when_told, args=(spec, conversation_id, w.go, w.results), daemon=True
+        )
+        for w in windows
+    ]
+    for process in processes:
+        process.start()
+    try:
+        for window in windows:
+            assert window.results.get(timeout=RUN_TIMEOUT) == "ready"
+        yield windows
+    finally:
+        for window in windows:
+            window.go.put(None)
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    assert [p.exitcode for p in processes] == [0] * len(processes)
+
+
+def test_two_chat_windows_taking_turns_on_one_conversation(store: StoreSpec) -> None:
+    """Two people in one conversation from two windows: one sends a message while the other
+    window's answer is still streaming in, and that window's next turn follows at once. (The
+    bug once found here: the streaming window saved its answer and moved its cached context
+    past the other window's turn without reading it, built its next request on that stale
+    context, and recorded its call against its own older call; from then on every turn and
+    context_at on the conversation raised KeyError in domain/manifests.py.)"""
+    ledger = store.open()
+    try:
+        conversation_id = str(ledger.start_conversation(system_prompt="Be brief."))
+    finally:
+        ledger.close()
+
+    with chat_windows(store, conversation_id, "AB") as (a, b):
+        for round_, (slow, quick) in enumerate([(a, b), (b, a), (a, b)]):
+            slow.send(f"round {round_}: {slow.name} asks something long", pause=True)
+            slow.paused()
+            quick.turn(f"round {round_}: {quick.name} asks meanwhile")
+            slow.resume()
+            slow.answered()
+            slow.turn(f"round {round_}: {slow.name} follows up")
+
+    ledger = store.open()
+    try:
+        history = ledger.history(conversation_id)
+        sent = [text for window in (a, b) for text, _ in window.turns]
+        answers = [answer for window in (a, b) for _, answer in window.turns]
+        assert sorted(r["content"] for r in history if r["role"] == "user") == sorted(sent)
+        assert sorted(r["content"] for r in history if r["role"] == "assistant") == sorted(answers)
+        assert_every_context_reproducible(ledger, conversation_id)
+        assert_log_consistent(ledger, store)
+    finally:
+        ledger.close()
+
+
+def test_a_rollback_elsewhere_while_an_answer_streams(store: StoreSpec) -> None:
+    """Someone rolls the conversation back while a window's answer is streaming in; the
+    window's next turn is built on the conversation as rolled back. (The same bug once found
+    here: the window moved its cached context past the rollback without reading it, sent the
+    rolled-back question again and recorded its call against a call the rollback had left
+    out of the view.)"""
+    ledger = store.open()
+    try:
+        conversation_id = str(ledger.start_conversation(system_prompt="Be brief."))
+        with chat_windows(store, conversation_id, "A") as (window,):
+            window.turn("first question")
+            checkpoint = ledger.create_checkpoint(conversation_id, name="after the first answer")
+            window.send("second question", pause=True)
+            window.paused()
+            ledger.rollback(checkpoint)
+            window.resume()
+            window.answered()
+            window.turn("third question")
+
+        asked = [r["content"] for r in ledger.history(conversation_id) if r["role"] == "user"]
+        assert asked == ["first question", "third question"]
+        assert_every_context_reproducible(ledger, conversation_id)
+        assert_log_consistent(ledger, store)
+    finally:
+        ledger.close()
+
+
 WAL_SWITCH_BUG = (
     "the bug once found here: Ledger() on a new workspace runs PRAGMA journal_mode=WAL "
     "(infrastructure/sqlite_store.py open_projection_connection), which fails at once with a "
@@ -691,7 +693,7 @@ def read_when_told(
                     len(ledger.list_conversations()),
                 )
             except Exception as error:
-                seen = _type_name(error)
+                seen = type_name(error)
             results.put(seen)
     finally:
         ledger.close()

@@ -20,24 +20,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import uuid4
 
-import pytest
-
 from chatledger import StoreError
 from chatledger.ledger import Ledger
-from tests.integration.test_concurrency import (
-    STORES,
+from tests.integration.processes import (
     StoreSpec,
     assert_log_consistent,
     assert_postgres_log_sound,
     assert_postgres_unlocked,
-    new_store,
     postgres_admin,
+    store_fixture,  # noqa: F401
+    wait_for_sessions_to_end,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,8 +45,6 @@ MIN_DELAY, MAX_DELAY = 0.02, 0.30
 #: One kill in this many lands while the writer is opening its Ledger instead.
 KILL_WHILE_OPENING_EVERY = 4
 READY_TIMEOUT = 30.0
-#: How long the server may take to notice a killed writer's connections are gone.
-SESSIONS_END_TIMEOUT = 30.0
 
 #: The writer: prints "opening", "ready", then one line per returned command:
 #: "conv <id>" (when it starts the conversation), "msg <id> <position>", "cp <checkpoint id>",
@@ -185,20 +180,6 @@ def run_and_kill(
     return writer
 
 
-def wait_for_sessions_to_end(session_name: str) -> None:
-    """The server ends a killed client's sessions (rolling back what they had open, releasing
-    their locks) once it notices the closed socket, a moment after the kill."""
-    deadline = time.monotonic() + SESSIONS_END_TIMEOUT
-    with postgres_admin() as admin:
-        while sessions := admin.execute(
-            "SELECT pid, state, wait_event_type, left(query, 60) FROM pg_stat_activity "
-            "WHERE application_name = %s",
-            (session_name,),
-        ).fetchall():
-            assert time.monotonic() < deadline, f"a killed writer's sessions live on: {sessions}"
-            time.sleep(0.01)
-
-
 def log_and_projections_as_left(spec: StoreSpec, writer: WriterRun) -> tuple[int, int]:
     """(last notification id in the log, position every projection has reached), read before
     anything opens the store, which would recover it and catch the projections up."""
@@ -262,12 +243,6 @@ def assert_survived(
         assert_log_consistent(ledger, spec)
     finally:
         ledger.close()
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSpec]:
-    with new_store(request.param, tmp_path / "workspace") as spec:
-        yield spec
 
 
 def test_sigkilled_writer_loses_nothing_it_reported(store: StoreSpec) -> None:

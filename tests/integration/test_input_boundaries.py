@@ -1,13 +1,24 @@
 """Where input stops: context file names stay inside the workspace unless an absolute path is
-given, and messages stay within the configured size limit."""
+given, messages stay within the configured size limit, and titles, names, descriptions,
+idempotency keys and metadata within theirs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
 
-from chatledger import ConversationManager, FileInputError
+from chatledger import CheckpointType, ConversationManager, FileInputError, InvalidInput
+from chatledger.ledger import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_KEY_CHARS,
+    MAX_METADATA_BYTES,
+    MAX_NAME_CHARS,
+    Ledger,
+)
 from tests.stores import Store, store_fixture  # noqa: F401
 
 
@@ -53,11 +64,69 @@ def test_context_folder_first_then_workspace(setup: tuple[ConversationManager, P
 def test_a_message_over_the_size_limit_is_refused_before_anything_is_written(
     store: Store, tmp_path: Path
 ) -> None:
-    from chatledger import InvalidInput
-
     manager = store.manager(tmp_path, max_message_bytes=1000)
     manager.add_message("user", "x" * 900)
     before = manager.get_history()
     with pytest.raises(InvalidInput, match="the limit is 1000"):
         manager.add_message("user", "x" * 1000)
     assert manager.get_history() == before
+
+
+def _meta_of(size: int) -> dict[str, str]:
+    """Metadata whose JSON is exactly `size` bytes ({"k":""} is 8)."""
+    return {"k": "x" * (size - 8)}
+
+
+LIMITS = [
+    pytest.param(
+        lambda lg, cid, n: lg.start_conversation(title="t" * n), MAX_NAME_CHARS, id="title"
+    ),
+    pytest.param(lambda lg, cid, n: lg.retitle(cid, "t" * n), MAX_NAME_CHARS, id="retitle"),
+    pytest.param(
+        lambda lg, cid, n: lg.create_checkpoint(cid, CheckpointType.MANUAL, "n" * n),
+        MAX_NAME_CHARS,
+        id="checkpoint-name",
+    ),
+    pytest.param(
+        lambda lg, cid, n: lg.create_checkpoint(cid, CheckpointType.MANUAL, "n", "d" * n),
+        MAX_DESCRIPTION_CHARS,
+        id="checkpoint-description",
+    ),
+    pytest.param(
+        lambda lg, cid, n: lg.branch(lg.checkpoints(cid, limit=1)[0].checkpoint_id, "b" * n),
+        MAX_NAME_CHARS,
+        id="branch-title",
+    ),
+    pytest.param(
+        lambda lg, cid, n: lg.branch(lg.checkpoints(cid, limit=1)[0].checkpoint_id, "b", "d" * n),
+        MAX_DESCRIPTION_CHARS,
+        id="branch-description",
+    ),
+    pytest.param(
+        lambda lg, cid, n: lg.prepare_turn(cid, "hi", idempotency_key="k" * n),
+        MAX_KEY_CHARS,
+        id="idempotency-key",
+    ),
+    pytest.param(
+        lambda lg, cid, n: lg.append_message(cid, "tool", "ok", metadata=_meta_of(n)),
+        MAX_METADATA_BYTES,
+        id="metadata",
+    ),
+    pytest.param(
+        lambda lg, cid, n: lg.take_snapshot(cid, _meta_of(n)), MAX_METADATA_BYTES, id="snapshot"
+    ),
+]
+
+
+@pytest.mark.parametrize(("write", "limit"), LIMITS)
+def test_labels_keys_and_metadata_stop_at_their_limit(
+    store: Store, tmp_path: Path, write: Callable[[Ledger, UUID, int], Any], limit: int
+) -> None:
+    ledger = store.ledger(tmp_path / "ws")
+    conversation = ledger.start_conversation(system_prompt="Be brief.")
+    ledger.append_message(conversation, "user", "hello")
+    write(ledger, conversation, limit)
+    events = ledger.verify().events
+    with pytest.raises(InvalidInput, match=rf"the limit is {limit} [\w ]+ \(MAX_\w+\)"):
+        write(ledger, conversation, limit + 1)
+    assert ledger.verify().events == events

@@ -13,8 +13,9 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from PIL import Image
 
-from chatledger import ConversationManager
+from chatledger import ConversationManager, IdempotencyConflict
 from chatledger.providers import ChunkCallback, ModelReply, ProviderError
 from domain import events
 from tests.stores import Store, store_fixture  # noqa: F401
@@ -152,6 +153,45 @@ async def test_a_turn_repeated_with_its_idempotency_key_is_not_called_twice(
     assert [m["content"] for m in manager.get_history()] == ["hi", "the answer"]
     await manager.process_message("hi", idempotency_key="turn-2")
     assert provider.calls == 2
+
+
+async def test_an_idempotency_key_reused_for_a_different_request_is_refused(
+    store: Store, tmp_path: Path
+) -> None:
+    provider = ScriptedProvider()
+    manager = manager_with(store, tmp_path, provider)
+    (tmp_path / "notes.md").write_text("The office is in Porto.")
+    map_png, plan_png = tmp_path / "map.png", tmp_path / "plan.png"
+    Image.new("RGB", (40, 30), "green").save(map_png)
+    Image.new("RGB", (40, 30), "red").save(plan_png)
+    first = {"image_path": str(map_png), "context_files": ["notes.md"]}
+    await manager.process_message("Where is the office?", idempotency_key="turn-1", **first)
+    history = manager.get_history()
+
+    # A retry asks exactly what the first attempt asked: its answer, and no second call.
+    assert (
+        await manager.process_message("Where is the office?", idempotency_key="turn-1", **first)
+        == "the answer"
+    )
+    # The same key with another question, image or context file is a different request.
+    (tmp_path / "other.md").write_text("The office moved to Braga.")
+    for changed in (
+        {"message": "Where is the warehouse?"},
+        {"image_path": str(plan_png)},
+        {"image_path": None},
+        {"context_files": ["other.md"]},
+    ):
+        request = {"message": "Where is the office?", **first, **changed}
+        with pytest.raises(IdempotencyConflict, match=r"'turn-1' .* different request"):
+            await manager.process_message(idempotency_key="turn-1", **request)
+    assert provider.calls == 1
+    assert manager.get_history() == history
+    # Moving the image does not change what was asked: it is known by its content.
+    moved = tmp_path / "moved.png"
+    moved.write_bytes(map_png.read_bytes())
+    again = {**first, "image_path": str(moved)}
+    assert await manager.process_message("Where is the office?", idempotency_key="turn-1", **again)
+    assert provider.calls == 1
 
 
 def open_files() -> set[tuple[str, str]]:

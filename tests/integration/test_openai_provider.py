@@ -4,6 +4,7 @@ speaks the Chat Completions wire format (tests/fakes/openai_server.py). Nothing 
 from __future__ import annotations
 
 import base64
+import hashlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from openai import AsyncOpenAI
 
+from chatledger import FileInputError
 from chatledger.providers import ModelReply, ProviderError, ToolCall
 from infrastructure.providers.openai_provider import OpenAIProvider, parse_retry_after
 from tests.fakes.openai_server import DEFAULT_TEXT, FakeOpenAIServer
@@ -201,7 +203,12 @@ async def test_image_part_arrives_as_a_data_url(
     image.write_bytes(data)
     content = [
         {"type": "text", "text": "What is this?"},
-        {"type": "image", "sha256": "ab" * 32, "path": str(image), "media_type": "image/png"},
+        {
+            "type": "image",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "path": str(image),
+            "media_type": "image/png",
+        },
     ]
 
     await provider.complete([{"role": "user", "content": content}])
@@ -219,16 +226,17 @@ async def test_image_part_arrives_as_a_data_url(
     }
 
 
-async def test_missing_image_file_is_a_provider_error(
+async def test_a_changed_or_missing_image_is_refused_before_sending(
     server: FakeOpenAIServer, provider: OpenAIProvider, tmp_path: Path
 ):
-    part = {"type": "image", "sha256": "0", "path": str(tmp_path / "gone.png"), "media_type": "x"}
-
-    with pytest.raises(ProviderError) as caught:
+    image = tmp_path / "x.png"
+    image.write_bytes(b"new bytes")
+    part = {"type": "image", "sha256": "0" * 64, "path": str(image), "media_type": "image/png"}
+    with pytest.raises(FileInputError, match="changed"):
         await provider.complete([{"role": "user", "content": [part]}])
-
-    assert caught.value.kind == "bad_request"
-    assert "gone.png" in str(caught.value)
+    missing = {**part, "path": str(tmp_path / "gone.png")}
+    with pytest.raises(FileInputError, match=r"gone\.png"):
+        await provider.complete([{"role": "user", "content": [missing]}])
     assert server.requests == []
 
 

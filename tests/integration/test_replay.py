@@ -3,12 +3,16 @@ every request; a change (here, the system prompt) is caught at the first turn it
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
-from chatledger import ConversationManager
+from chatledger import ConversationManager, Ledger
+from chatledger.providers import ChunkCallback, ModelReply, ProviderError, deliver
 from chatledger.replay import ReplayMismatch, recorded_calls, replay
 from infrastructure.stores import DATABASE_URL_VARIABLE
 from tests.stores import Store, store_fixture  # noqa: F401
@@ -84,6 +88,17 @@ async def test_replay_against_another_model_reports_divergence(
     assert not report.turns[1].request_matches
 
 
+async def test_a_replay_only_reads_the_recorded_store(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Even where CHATLEDGER_DATABASE_URL names the recorded store, as for the CLI on PostgreSQL.
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, store.url)
+    manager, branch = await record(store, tmp_path / "ws", tmp_path)
+    conversations = manager.list_conversations()
+    await replay(manager.ledger, branch)
+    assert manager.list_conversations() == conversations
+
+
 async def test_the_pytest_helper_turns_a_recording_into_a_regression_test(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,3 +113,93 @@ async def test_the_pytest_helper_turns_a_recording_into_a_regression_test(
     assert len(report.turns) == 7
     with pytest.raises(AssertionError, match="no longer replays: Turn 1"):
         await assert_replays(tmp_path / "ws", branch, system_prompt="Something else.")
+
+
+class FlakyModel:
+    """Streams its answers word by word, fails the turns it is told to, and has nothing to
+    say to "Anything else?"."""
+
+    name, model = "flaky", "flaky-1"
+
+    def __init__(self) -> None:
+        self.failures: list[ProviderError] = []
+
+    async def complete(
+        self, messages: list[dict[str, Any]], *, on_chunk: ChunkCallback | None = None, **_: Any
+    ) -> ModelReply:
+        if self.failures:
+            raise self.failures.pop(0)
+        if messages[-1]["content"] == "Anything else?":
+            return ModelReply("")
+        text = f"noted: {messages[-1]['content']}"
+        for word in text.split(" "):
+            if on_chunk is not None:
+                await deliver(on_chunk, word + " ")
+            await asyncio.sleep(0)
+        return ModelReply(text)
+
+
+async def test_failed_and_interrupted_turns_replay_as_the_same_failures(
+    store: Store, tmp_path: Path
+) -> None:
+    model = FlakyModel()
+    manager = store.manager(tmp_path / "ws", system_prompt="You are terse.", api_client=model)
+    await manager.process_message("Plan a weekend in Lisbon.")
+    model.failures.append(ProviderError("400 invalid model", kind="bad_request", retryable=False))
+    assert await manager.process_message("Add Sintra.") == (
+        "Error processing message: 400 invalid model"
+    )
+
+    heard: list[str] = []
+
+    def ctrl_c_after_two_words(chunk: str) -> None:
+        heard.append(chunk)
+        if len(heard) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        await manager.process_message(
+            "Add Sintra, please.", streaming=True, stream_callback=ctrl_c_after_two_words
+        )
+    stream = await manager.process_message("Then Porto.", streaming=True)
+    assert not isinstance(stream, str)
+    assert await anext(stream) == "noted: "
+    await stream.aclose()
+    await manager.process_message("Summarise.")
+    conversation = manager.get_conversation_id()
+    recorded = recorded_calls(manager.ledger, conversation)
+    outcomes = [
+        (c.failure.kind, c.failure.partial_text) if c.failure else c.reply for c in recorded
+    ]
+    assert outcomes == [
+        ModelReply("noted: Plan a weekend in Lisbon."),
+        ("bad_request", ""),
+        ("cancelled", "noted: Add "),
+        ("cancelled", "noted: "),
+        ModelReply("noted: Summarise."),
+    ]
+
+    report = await replay(manager.ledger, conversation, workspace=tmp_path / "replay")
+    assert len(report.turns) == 5 and report.identical
+    failed = report.turns[1]
+    assert failed.answer == failed.recorded_answer == "Error processing message: 400 invalid model"
+    # The replay failed those turns the same way, and recorded them as such.
+    with closing(Ledger(tmp_path / "replay", database_url="")) as scratch:
+        (replayed,) = scratch.list_conversations()
+        again = recorded_calls(scratch, replayed["id"])
+    assert [c.failure for c in again] == [c.failure for c in recorded]
+
+
+async def test_an_empty_answer_replays_as_an_empty_answer(store: Store, tmp_path: Path) -> None:
+    manager = store.manager(tmp_path / "ws", api_client=FlakyModel())
+    await manager.process_message("Plan a weekend in Lisbon.")
+    # An empty answer is no error, and leaves no assistant message.
+    assert await manager.process_message("Anything else?") == ""
+    await manager.process_message("Summarise.")
+    report = await replay(manager.ledger, manager.get_conversation_id())
+    assert [turn.answer for turn in report.turns] == [
+        "noted: Plan a weekend in Lisbon.",
+        "",
+        "noted: Summarise.",
+    ]
+    assert report.identical

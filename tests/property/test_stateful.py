@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 
 from chatledger.ledger import Ledger
 from domain.checkpoints import CheckpointConfig, CheckpointType
+from domain.errors import NothingToCheckpoint
 
 ELIGIBLE = frozenset({"user", "assistant", "tool"})
 ROLES = ("user", "assistant", "tool", "system")
@@ -252,6 +253,12 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(pick=picks, name=st.none() | texts)
     def manual_checkpoint(self, pick: int, name: str | None) -> None:
         conversation_id = self.pick_conversation(pick)
+        messages = self.current(conversation_id).messages
+        if all(m.role == "system" and not m.is_marker for m in messages):
+            # Nothing but system messages (the prompt): refused, and nothing is appended.
+            with pytest.raises(NothingToCheckpoint):
+                self.lg.create_checkpoint(conversation_id, CheckpointType.MANUAL, name=name)
+            return
         checkpoint_id = self.lg.create_checkpoint(conversation_id, CheckpointType.MANUAL, name=name)
         self.emit(conversation_id, self.current(conversation_id))
         self.record_checkpoint(checkpoint_id, conversation_id, CheckpointType.MANUAL.value)

@@ -20,6 +20,13 @@ def test_disabled_config_never_checkpoints() -> None:
     assert not auto_checkpoint_due(CheckpointConfig(enabled=False), 10)
 
 
+def test_the_conversation_plane_switched_off_stops_auto_checkpoints() -> None:
+    planes = {"conversation": False, "tasks": False, "code": False}
+    assert not auto_checkpoint_due(CheckpointConfig(planes=planes), 10)
+    # Penguin reads a plane left out of the dict as on.
+    assert auto_checkpoint_due(CheckpointConfig(planes={"tasks": True}), 1)
+
+
 def test_given_title_wins() -> None:
     assert conversation_title("Trip plans", "hello", "abcd-1234") == "Trip plans"
 

@@ -1,0 +1,119 @@
+"""The harness of the command line's end-to-end tests: the stores the CLI is pointed at (the
+workspace's SQLite file, or a fresh PostgreSQL schema through CHATLEDGER_DATABASE_URL), and
+two ways to run it: a real process of the installed console script (`chatledger`), or the
+same app in-process through typer's CliRunner (`invoke`). The fixtures are in conftest.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from chatledger import cli
+from chatledger.ledger import Ledger
+from infrastructure.stores import DATABASE_URL_VARIABLE
+from tests.postgres import fresh_schema, requires_postgres
+
+UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+EXECUTABLE = shutil.which("chatledger")
+
+STORES = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=[requires_postgres, pytest.mark.postgres]),
+]
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where the CLI keeps its log: the workspace's SQLite file (no url) or a PostgreSQL
+    schema (a url with ?schema=)."""
+
+    name: str
+    url: str | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        # Empty means the workspace's SQLite file, whatever the caller's environment holds.
+        return {DATABASE_URL_VARIABLE: self.url or ""}
+
+    @contextmanager
+    def ledger(self, workspace: Path) -> Iterator[Ledger]:
+        ledger = Ledger(workspace, database_url=self.url or "")
+        try:
+            yield ledger
+        finally:
+            ledger.close()
+
+
+@contextmanager
+def open_store(name: str) -> Iterator[Store]:
+    if name == "sqlite":
+        yield Store(name)
+        return
+    with fresh_schema() as url:
+        yield Store(name, url)
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        """stdout and stderr with runs of whitespace collapsed (rich wraps long lines)."""
+        return " ".join((self.out + self.err).split())
+
+
+def chatledger(
+    *args: str | Path, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> Result:
+    assert EXECUTABLE is not None
+    completed = subprocess.run(
+        [EXECUTABLE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, **(env or {}), "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"},
+        check=False,
+    )
+    result = Result(completed.returncode, completed.stdout, completed.stderr)
+    assert "Traceback" not in result.out + result.err, result.out + result.err
+    return result
+
+
+def invoke(*args: str | Path) -> Result:
+    """The same app in-process (typer's CliRunner); an unexpected exception fails the test,
+    and so does a thread left running (on PostgreSQL an unclosed Ledger keeps its pool's)."""
+    threads = set(threading.enumerate())
+    result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert "Traceback" not in result.stdout + result.stderr
+    left_running = [t.name for t in threading.enumerate() if t not in threads and t.is_alive()]
+    assert not left_running, f"chatledger {' '.join(map(str, args))} left {left_running}"
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+@dataclass(frozen=True)
+class Demo:
+    store: Store
+    workspace: Path
+    result: Result
+    parent: str
+    branch: str
+    conversations: list[dict[str, Any]]
+    events: int
