@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from typing import Any
 
 import pytest
@@ -362,7 +361,8 @@ def test_no_images_allowed_replaces_them_all() -> None:
 
 
 # -- complexity -----------------------------------------------------------------------------
-def test_a_large_session_is_planned_quickly() -> None:
+def test_a_large_session_with_tool_pairs_is_planned_within_the_window() -> None:
+    # How fast this is belongs to scripts/bench_context.py, not to a timed assertion here.
     rng = random.Random(1)
     items = []
     for i in range(60_000):
@@ -373,8 +373,6 @@ def test_a_large_session_is_planned_quickly() -> None:
         else:
             items.append(item(f"m{i}", rng.choice([C, D, E]), rng.randint(1, 200), i))
     items.append(user("u", 10, 10**6))
-    started = time.perf_counter()
     plan = select_context(items, WindowConfig(200_000))
-    assert time.perf_counter() - started < 5
     assert plan.fits
     assert plan.total_tokens <= 170_000
