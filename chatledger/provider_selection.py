@@ -1,6 +1,6 @@
 """Which provider answers: an `api_client` given by the caller, or one named by
 `model_config` (provider, model, base_url, ...). Provider modules are imported on demand so
-that the vendor SDKs load only when used (and infrastructure can import the protocol)."""
+that the vendor SDKs load only when used."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from chatledger.providers import ChunkCallback, ModelReply, deliver
+from infrastructure.providers.port import ChunkCallback, ModelReply, deliver
 
 _OPENERS = (
     "Noted.",

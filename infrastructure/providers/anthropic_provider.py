@@ -33,10 +33,7 @@ decides about retrying, from `retryable` and `retry_after`.
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +41,16 @@ from typing import Any
 import anthropic
 from anthropic import AsyncAnthropic
 
-from chatledger.providers import ChunkCallback, ModelReply, ProviderError, ToolCall, deliver
 from domain.errors import InvalidInput
 from infrastructure.files import recorded_image
-
-#: Sent as the API key when a base_url is given and no key is found (local gateways, fakes).
-PLACEHOLDER_API_KEY = "chatledger-no-key"
+from infrastructure.providers.common import parse_retry_after, resolve_api_key
+from infrastructure.providers.port import (
+    ChunkCallback,
+    ModelReply,
+    ProviderError,
+    ToolCall,
+    deliver,
+)
 
 #: The user turn put in front when the first turn is the assistant's.
 LEADING_USER_TURN = "(earlier conversation omitted)"
@@ -104,15 +105,7 @@ class AnthropicProvider:
         self.model = model
         self.default_max_tokens = default_max_tokens
         if client is None:
-            key = api_key or os.environ.get("ANTHROPIC_API_KEY")
-            if not key:
-                if base_url is None:
-                    raise ProviderError(
-                        "No Anthropic API key: pass api_key or set ANTHROPIC_API_KEY.",
-                        kind="authentication",
-                        retryable=False,
-                    )
-                key = PLACEHOLDER_API_KEY
+            key = resolve_api_key("Anthropic", api_key, base_url, auth_kind="authentication")
             # An explicit key keeps the SDK from reading credentials of its own (profiles,
             # federation) behind chatledger's back.
             client = AsyncAnthropic(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
@@ -432,29 +425,6 @@ class _StreamState:
 # -- errors ----------------------------------------------------------------------------------
 
 
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms`, else `retry-after` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    parsed = email.utils.parsedate_tz(value)
-    if parsed is None:
-        return None
-    return max(0.0, email.utils.mktime_tz(parsed) - time.time())
-
-
 def _status_error(error: anthropic.APIStatusError) -> ProviderError:
     status = error.status_code
     error_type = error.type
@@ -475,7 +445,7 @@ def _status_error(error: anthropic.APIStatusError) -> ProviderError:
         f"Anthropic API error {status} {error_type or 'error'}: {detail}{request_id}",
         kind=kind,
         retryable=retryable,
-        retry_after=_retry_after(error.response.headers),
+        retry_after=parse_retry_after(error.response.headers) if retryable else None,
         status=status,
     )
 

@@ -10,12 +10,8 @@ retrying can help."""
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import http
 import json
-import math
-import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +21,17 @@ from urllib.parse import urlsplit
 import openai
 from openai import AsyncOpenAI
 
-from chatledger.providers import ChunkCallback, ModelReply, ProviderError, ToolCall, deliver
 from infrastructure.files import image_data_url
+from infrastructure.providers.common import parse_retry_after, resolve_api_key
+from infrastructure.providers.port import (
+    ChunkCallback,
+    ModelReply,
+    ProviderError,
+    ToolCall,
+    deliver,
+)
 
 MaxTokensField = Literal["max_completion_tokens", "max_tokens"]
-
-#: Sent as the bearer token to a server at `base_url` when no key is configured: local
-#: OpenAI-compatible servers ignore it, and the SDK refuses to build a client without one.
-LOCAL_API_KEY_PLACEHOLDER = "not-needed"
 
 #: Hosts that take `max_completion_tokens` (their reasoning models reject `max_tokens`).
 _OPENAI_HOST_SUFFIXES = ("openai.com", "openai.azure.com")
@@ -68,16 +67,7 @@ class OpenAIProvider:
             )
         self.model = model
         if client is None:
-            key = api_key or os.environ.get("OPENAI_API_KEY")
-            if not key:
-                if not (base_url or os.environ.get("OPENAI_BASE_URL")):
-                    raise ProviderError(
-                        "No OpenAI API key: pass api_key=... or set OPENAI_API_KEY. (A local "
-                        "OpenAI-compatible server without auth needs only base_url=...)",
-                        kind="auth",
-                        retryable=False,
-                    )
-                key = LOCAL_API_KEY_PLACEHOLDER
+            key = resolve_api_key("OpenAI", api_key, base_url, auth_kind="auth")
             self._client = AsyncOpenAI(
                 api_key=key, base_url=base_url, timeout=timeout, max_retries=0
             )
@@ -435,29 +425,6 @@ class _StreamState:
 
 
 # -- error details -----------------------------------------------------------------------------
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """The server's wait hint in seconds: `retry-after-ms` (OpenAI), else `retry-after` as
-    seconds or as an HTTP date. None when absent or unreadable."""
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / divisor
-        except ValueError:
-            continue
-        if math.isfinite(seconds) and seconds >= 0:
-            return seconds
-    value = headers.get("retry-after")
-    if value:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-    return None
 
 
 def _error_field(body: object, name: str) -> str | None:

@@ -15,7 +15,7 @@ from openai import AsyncOpenAI
 
 from chatledger import FileInputError
 from chatledger.providers import ModelReply, ProviderError, ToolCall
-from infrastructure.providers.openai_provider import OpenAIProvider, parse_retry_after
+from infrastructure.providers.openai_provider import OpenAIProvider
 from tests.fakes.openai_server import DEFAULT_TEXT, FakeOpenAIServer
 
 MODEL = "gpt-test"
@@ -518,21 +518,3 @@ async def test_provider_still_works_after_a_broken_stream(
 
     server.reply("fine again")
     assert (await provider.complete(user("hi"), on_chunk=lambda text: None)).text == "fine again"
-
-
-# -- retry-after parsing -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({"retry-after": "2"}, 2.0),
-        ({"retry-after": "1.5"}, 1.5),
-        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past
-        ({"retry-after": "soon"}, None),
-        ({}, None),
-    ],
-)
-def test_parse_retry_after(headers: dict[str, str], expected: float | None):
-    assert parse_retry_after(headers) == expected
