@@ -1,16 +1,19 @@
 """Fixtures of the command line's end-to-end tests (the harness is in harness.py): the demo,
-run once per module and store as a real process, and an empty store of a test's own."""
+run once per module and store as a real process, and the `store` of tests/conftest.py, which
+the test's commands use."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
 from rich.console import Console
 
 from chatledger import cli
 from infrastructure.stores import DATABASE_URL_VARIABLE
-from tests.e2e.harness import STORES, Demo, Store, chatledger, open_store
+from tests.e2e.harness import Demo, chatledger
+from tests.stores import BACKENDS, Store, open_store
 
 
 @pytest.fixture(autouse=True)
@@ -24,22 +27,21 @@ def cli_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DATABASE_URL_VARIABLE, "")
 
 
-@pytest.fixture(scope="module", params=STORES)
+@pytest.fixture(scope="module", params=BACKENDS)
 def demo_run(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Demo]:
-    with open_store(request.param) as store:
-        workspace = tmp_path_factory.mktemp("cli") / "ws"
-        result = chatledger("demo", "--workspace", workspace, env=store.env)
+    with open_store(request.param, tmp_path_factory.mktemp("cli") / "ws") as store:
+        result = chatledger("demo", "--workspace", store.workspace, env=store.env)
         assert result.code == 0, result.out + result.err
-        with store.ledger(workspace) as ledger:
+        with closing(store.ledger()) as ledger:
             conversations = ledger.list_conversations()
             branches = ledger.branch_tree()
             events = ledger.verify().events
         assert len(branches) == 1
         yield Demo(
             store,
-            workspace,
+            store.workspace,
             result,
             parent=branches[0]["parent_id"],
             branch=branches[0]["branch_id"],
@@ -51,15 +53,12 @@ def demo_run(
 @pytest.fixture
 def demo(demo_run: Demo, cli_defaults: None, monkeypatch: pytest.MonkeyPatch) -> Demo:
     """The module's demo on one store; the test's commands, in-process or not, use that store."""
-    monkeypatch.setenv(DATABASE_URL_VARIABLE, demo_run.store.url or "")
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, demo_run.store.url)
     return demo_run
 
 
-@pytest.fixture(params=STORES)
-def store(
-    request: pytest.FixtureRequest, cli_defaults: None, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Store]:
-    """An empty store of the test's own; the test's commands use it."""
-    with open_store(request.param) as opened:
-        monkeypatch.setenv(DATABASE_URL_VARIABLE, opened.url or "")
-        yield opened
+@pytest.fixture
+def store(store: Store, cli_defaults: None, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """tests/conftest.py's empty store of the test's own; the test's commands use it."""
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, store.url)
+    return store

@@ -1,7 +1,8 @@
-"""The harness of the command line's end-to-end tests: the stores the CLI is pointed at (the
-workspace's SQLite file, or a fresh PostgreSQL schema through CHATLEDGER_DATABASE_URL), and
-two ways to run it: a real process of the installed console script (`chatledger`), or the
-same app in-process through typer's CliRunner (`invoke`). The fixtures are in conftest.py."""
+"""The harness of the command line's end-to-end tests: two ways to run it, a real process of
+the installed console script (`chatledger`), or the same app in-process through typer's
+CliRunner (`invoke`). The fixtures are in conftest.py; the stores the CLI is pointed at (the
+workspace's SQLite file, or a fresh PostgreSQL schema through CHATLEDGER_DATABASE_URL) are
+tests/stores.py's."""
 
 from __future__ import annotations
 
@@ -10,59 +11,19 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from typer.testing import CliRunner
 
 from chatledger import cli
-from chatledger.ledger import Ledger
-from infrastructure.stores import DATABASE_URL_VARIABLE
-from tests.postgres import fresh_schema, requires_postgres
+from tests.stores import Store
 
 UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 EXECUTABLE = shutil.which("chatledger")
-
-STORES = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=[requires_postgres, pytest.mark.postgres]),
-]
-
-
-@dataclass(frozen=True)
-class Store:
-    """Where the CLI keeps its log: the workspace's SQLite file (no url) or a PostgreSQL
-    schema (a url with ?schema=)."""
-
-    name: str
-    url: str | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        # Empty means the workspace's SQLite file, whatever the caller's environment holds.
-        return {DATABASE_URL_VARIABLE: self.url or ""}
-
-    @contextmanager
-    def ledger(self, workspace: Path) -> Iterator[Ledger]:
-        ledger = Ledger(workspace, database_url=self.url or "")
-        try:
-            yield ledger
-        finally:
-            ledger.close()
-
-
-@contextmanager
-def open_store(name: str) -> Iterator[Store]:
-    if name == "sqlite":
-        yield Store(name)
-        return
-    with fresh_schema() as url:
-        yield Store(name, url)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,11 @@ from tests.e2e.harness import (
     UNKNOWN_ID,
     UUID_RE,
     Demo,
-    Store,
     chatledger,
     invoke,
 )
 from tests.postgres import DSN, fresh_schema, requires_postgres
+from tests.stores import Store
 
 pytestmark = pytest.mark.skipif(
     EXECUTABLE is None, reason="the chatledger console script is not installed"
@@ -71,7 +72,7 @@ def test_demo_prints_turns_tree_checkpoints_and_usage(demo: Demo) -> None:
     assert f"verify ok: {demo.events} events in 2 conversations" in text
     # the last line names the store the demo wrote to
     last_line = demo.result.out.strip().splitlines()[-1]
-    if demo.store.url is None:
+    if demo.store.name == "sqlite":
         assert last_line == f"workspace: {demo.workspace}"
         assert (demo.workspace / "chatledger.db").is_file()
     else:
@@ -113,7 +114,7 @@ def test_ls_lists_both_conversations(demo: Demo) -> None:
 
 
 def test_show_prints_the_active_transcript(demo: Demo) -> None:
-    with demo.store.ledger(demo.workspace) as ledger:
+    with closing(demo.store.ledger()) as ledger:
         parent_history = ledger.history(demo.parent)
         branch_history = ledger.history(demo.branch)
 
@@ -137,7 +138,7 @@ def test_show_prints_the_active_transcript(demo: Demo) -> None:
 
 
 def test_as_of_shows_the_past(demo: Demo) -> None:
-    with demo.store.ledger(demo.workspace) as ledger:
+    with closing(demo.store.ledger()) as ledger:
         before_rollback = ledger.checkpoints(demo.parent, "rollback")[0].position
         expected = ledger.as_of(demo.parent, before_rollback)
         first_turn = ledger.as_of(demo.parent, 3)
@@ -157,7 +158,7 @@ def test_as_of_shows_the_past(demo: Demo) -> None:
 
 
 def test_checkpoints_and_tree(demo: Demo) -> None:
-    with demo.store.ledger(demo.workspace) as ledger:
+    with closing(demo.store.ledger()) as ledger:
         manual = ledger.checkpoints(demo.parent, "manual")
         live = ledger.checkpoints(limit=50)
 
@@ -180,30 +181,30 @@ def test_checkpoints_and_tree(demo: Demo) -> None:
     assert "forked at position" in tree.text
 
 
-def _projection_dump(store: Store, workspace: Path) -> dict[str, list[tuple[Any, ...]]]:
-    with store.ledger(workspace) as ledger:
-        tables = ledger.projections.readable_tables()
-        assert "conversations" in tables and "checkpoints" in tables
-        return ledger.read.table_dump(tables)
+def _projection_dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    tables = store.projections()
+    assert "conversations" in tables and "checkpoints" in tables
+    return tables
 
 
 def test_rebuild_then_verify(demo: Demo, tmp_path: Path) -> None:
-    if demo.store.url is None:
+    if demo.store.name == "sqlite":
         # A copy, so that a broken rebuild cannot spoil the other tests' workspace.
-        workspace = tmp_path / "ws"
-        shutil.copytree(demo.workspace, workspace)
+        store = demo.store.at(tmp_path / "ws")
+        shutil.copytree(demo.workspace, store.workspace)
     else:
         # The demo's own schema, as PostgreSQL has no cheap copy of one: a rebuild that
         # changed anything fails here, before the tests after it read the changed views.
-        workspace = demo.workspace
+        store = demo.store
+    workspace = store.workspace
     ls_before = invoke("ls", "-w", workspace)
-    projections_before = _projection_dump(demo.store, workspace)
+    projections_before = _projection_dump(store)
 
     rebuilt = invoke("rebuild", "-w", workspace)
     assert rebuilt.code == 0, rebuilt.text
     assert f"Rebuilt projections from {demo.events} events." in rebuilt.text
 
-    assert _projection_dump(demo.store, workspace) == projections_before
+    assert _projection_dump(store) == projections_before
     verified = invoke("verify", "-w", workspace)
     assert verified.code == 0, verified.text
     ls_after = invoke("ls", "-w", workspace)
@@ -345,7 +346,7 @@ def test_replay_reproduces_the_demo_and_names_a_mismatch(demo: Demo) -> None:
     assert missing.code == 2 and "No conversation" in missing.text
 
 
-def test_chat_streams_answers_and_obeys_slash_commands(store: Store, tmp_path: Path) -> None:
+def test_chat_streams_answers_and_obeys_slash_commands(store: Store) -> None:
     assert EXECUTABLE is not None
     script = "\n".join(
         [
@@ -360,7 +361,7 @@ def test_chat_streams_answers_and_obeys_slash_commands(store: Store, tmp_path: P
         ]
     )
     completed = subprocess.run(
-        [EXECUTABLE, "chat", "--workspace", str(tmp_path / "ws"), "--system", "Be brief."],
+        [EXECUTABLE, "chat", "--workspace", str(store.workspace), "--system", "Be brief."],
         input=script,
         capture_output=True,
         text=True,
@@ -373,10 +374,10 @@ def test_chat_streams_answers_and_obeys_slash_commands(store: Store, tmp_path: P
     assert "checkpoint cp_" in out and "tokens (" in out and "messages sent" in out
     assert "unknown command" in out and "No checkpoint 'cp_missing'" in out
     assert "Traceback" not in out
-    with store.ledger(tmp_path / "ws") as ledger:
+    with closing(store.ledger()) as ledger:
         (conversation,) = ledger.list_conversations()
         texts = [m["content"] for m in ledger.history(conversation["id"])]
     assert texts[0] == "Be brief." and texts[1] == "Hello there" and len(texts) == 5
 
-    unknown = invoke("chat", "--conversation", UNKNOWN_ID, "-w", tmp_path / "ws")
+    unknown = invoke("chat", "--conversation", UNKNOWN_ID, "-w", store.workspace)
     assert unknown.code == 2 and f"error: No conversation with id {UNKNOWN_ID}." in unknown.text

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+from contextlib import closing
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import pytest
 
 from chatledger.ledger import DEFAULT_MAX_MESSAGE_BYTES, MAX_COUNT, MAX_SEARCH_CHARS
 from domain.checkpoints import CheckpointType
-from tests.e2e.harness import EXECUTABLE, UUID_RE, Demo, Result, Store, chatledger, invoke
+from tests.e2e.harness import EXECUTABLE, UUID_RE, Demo, Result, chatledger, invoke
+from tests.stores import Store
 
 pytestmark = pytest.mark.skipif(
     EXECUTABLE is None, reason="the chatledger console script is not installed"
@@ -102,9 +104,9 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert result.out.strip() == f"chatledger {version('chatledger')}"
 
 
-def test_user_text_is_printed_literally_never_as_markup(store: Store, tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
-    with store.ledger(workspace) as ledger:
+def test_user_text_is_printed_literally_never_as_markup(store: Store) -> None:
+    workspace = store.workspace
+    with closing(store.ledger()) as ledger:
         conversation = ledger.start_conversation(title="[bold]plans[/] [/oops]")
         ledger.append_message(conversation, "user", "[red]not red[/red] and [/stray]")
 
@@ -120,7 +122,7 @@ def as_json(data: Any) -> Any:
 
 
 def test_every_read_command_prints_json_with_the_tables_data(demo: Demo) -> None:
-    with demo.store.ledger(demo.workspace) as ledger:
+    with closing(demo.store.ledger()) as ledger:
         expected = {
             "ls": ledger.list_conversations(limit=20),
             "show": ledger.history(demo.branch),
@@ -209,10 +211,10 @@ def test_chat_help_lists_the_slash_commands() -> None:
         assert command in result.out, command
 
 
-def test_chat_survives_bad_lines_and_names_its_conversation(store: Store, tmp_path: Path) -> None:
+def test_chat_survives_bad_lines_and_names_its_conversation(store: Store) -> None:
     assert EXECUTABLE is not None
-    workspace = tmp_path / "ws"
-    with store.ledger(workspace) as ledger:
+    workspace = store.workspace
+    with closing(store.ledger()) as ledger:
         parent = ledger.start_conversation(system_prompt="Be brief.")
         ledger.append_message(parent, "user", "Earlier question")
         start = ledger.create_checkpoint(parent, CheckpointType.MANUAL, "start")
@@ -255,7 +257,7 @@ def test_chat_survives_bad_lines_and_names_its_conversation(store: Store, tmp_pa
     assert re.search(r"category\s.*tokens", out) and "DIALOG" in out
     assert "{'" not in out
 
-    with store.ledger(workspace) as ledger:
+    with closing(store.ledger()) as ledger:
         (fork,) = ledger.branch_tree()
         latest = ledger.checkpoint(fork["source_id"])
         texts = [m["content"] for m in ledger.history(parent)]

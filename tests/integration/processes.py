@@ -1,9 +1,9 @@
 """Stores that several real processes open at once, and what is checked on them once the
 processes are done (or killed): shared by the concurrency, crash-safety and chaos tests.
 
-A process opens a store through a `StoreSpec` (picklable, so it crosses a spawn): SQLite in a
-workspace folder, or PostgreSQL in a fresh schema of the server CHATLEDGER_TEST_POSTGRES names.
-A test asks for the `store` fixture (import `store_fixture` from here) to run on both."""
+A test asks for the `store` fixture (tests/conftest.py) to run on both stores; the processes
+it spawns open the same store through `store.spec`, a `StoreSpec` (picklable, so it crosses a
+spawn), and the checks here take that spec too."""
 
 from __future__ import annotations
 
@@ -11,79 +11,22 @@ import multiprocessing
 import sqlite3
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from contextlib import closing
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
-import pytest
 
-from chatledger import ConversationManager
-from chatledger.ledger import Ledger
+from chatledger import Ledger
 from chatledger.replay import recorded_calls
 from domain.events import CheckpointCreated, MessageAppended
 from tests import postgres
-from tests.postgres import fresh_schema, requires_postgres
+from tests.stores import StoreSpec
 
 SPAWN = multiprocessing.get_context("spawn")
 #: Seconds a whole worker run may take before the test gives up on it.
 RUN_TIMEOUT = 60.0
 #: How long the server may take to notice a killed process's connections are gone.
 SESSIONS_END_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class StoreSpec:
-    """Everything a fresh process needs to open the same store (picklable, so it crosses a
-    spawn): the workspace folder and, for PostgreSQL, the database URL of the test's schema."""
-
-    workspace: str
-    dsn: str | None = None
-
-    def open(self) -> Ledger:
-        # An empty URL is the workspace's SQLite file even where CHATLEDGER_DATABASE_URL is
-        # set, so the SQLite runs stay on SQLite whatever the environment says.
-        return Ledger(Path(self.workspace), database_url=self.dsn or "")
-
-    def manager(self) -> ConversationManager:
-        """A manager answered by the offline model, as `chatledger chat` opens one."""
-        return ConversationManager(workspace_path=self.workspace, database_url=self.dsn or "")
-
-    def sqlite_path(self) -> Path | None:
-        return None if self.dsn is not None else Path(self.workspace) / "chatledger.db"
-
-    def schema(self) -> str | None:
-        """The PostgreSQL schema every table of this store lives in."""
-        if self.dsn is None:
-            return None
-        return dict(parse_qsl(urlsplit(self.dsn).query))["schema"]
-
-
-STORES = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=[requires_postgres, pytest.mark.postgres]),
-]
-
-
-@contextmanager
-def new_store(kind: str, workspace: Path) -> Iterator[StoreSpec]:
-    """An empty store: a workspace folder not yet created and, on PostgreSQL, a schema not
-    yet created (the first Ledger creates it), dropped afterwards."""
-    if kind == "sqlite":
-        yield StoreSpec(workspace=str(workspace))
-        return
-    with fresh_schema() as url:
-        yield StoreSpec(workspace=str(workspace), dsn=url)
-
-
-# Named apart from its fixture name, so importing it does not shadow the tests' arguments.
-@pytest.fixture(params=STORES, name="store")
-def store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSpec]:
-    with new_store(request.param, tmp_path / "workspace") as spec:
-        yield spec
 
 
 def postgres_admin() -> psycopg.Connection[Any]:
@@ -139,7 +82,7 @@ def assert_log_consistent(ledger: Ledger, spec: StoreSpec) -> None:
                     event.originator_version,
                 )
     assert_projections_rebuild_equal(ledger)
-    path = spec.sqlite_path()
+    path = spec.sqlite_path
     if path is not None:
         with closing(sqlite3.connect(path)) as connection:
             assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -152,7 +95,7 @@ def assert_postgres_log_sound(spec: StoreSpec) -> None:
     """What PRAGMA integrity_check stands for on PostgreSQL, read straight from the tables:
     every event has its own notification id, every conversation's positions run 1..N with
     no gap or repeat, and the projections have seen the whole log."""
-    log = f'"{spec.schema()}".chatledger_events'
+    log = f'"{spec.schema}".chatledger_events'
     with postgres_admin() as admin:
         events, numbered, distinct = admin.execute(
             f"SELECT count(*), count(notification_id), count(DISTINCT notification_id) FROM {log}"
@@ -167,7 +110,7 @@ def assert_postgres_log_sound(spec: StoreSpec) -> None:
         ).fetchall()
         assert not gapped, f"streams whose positions are not 1..N: {gapped}"
         projected, logged = admin.execute(
-            f'SELECT (SELECT min(position) FROM "{spec.schema()}".projection_tracking), '
+            f'SELECT (SELECT min(position) FROM "{spec.schema}".projection_tracking), '
             f"(SELECT max(notification_id) FROM {log})"
         ).fetchone() or (None, None)
         assert projected == (logged or 0), f"projected up to {projected}, log ends at {logged}"
@@ -178,7 +121,7 @@ def assert_postgres_unlocked(spec: StoreSpec) -> None:
     open, or aborted and never rolled back), on the advisory lock that serialises creating
     them, or on any of its conversations' writer locks. Idle connections of open Ledgers
     hold none, so any lock here is a leak that would stall the next writer."""
-    schema = spec.schema()
+    schema = spec.schema
     with postgres_admin() as admin:
         streams = admin.execute(
             f'SELECT DISTINCT originator_id FROM "{schema}".chatledger_events'

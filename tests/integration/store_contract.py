@@ -1,10 +1,11 @@
 """The behaviours every store must show, written once. Each store's test module subclasses
-StoreContract and says how to open a manager on it (see test_sqlite_store.py)."""
+StoreContract and names its backend (see test_sqlite_store.py); the store is tests/stores.py's,
+opened empty for each test as the `store` fixture opens it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -14,6 +15,7 @@ from PIL import Image
 
 from chatledger import CheckpointConfig, CheckpointType, ConversationManager, InvalidInput
 from chatledger.replay import recorded_calls
+from tests.stores import Store, open_store
 
 
 class PenguinClient:
@@ -45,14 +47,23 @@ class FailingClient:
 
 
 class StoreContract:
-    """Subclasses implement `manager`."""
+    """Subclasses set `backend` ("sqlite" or "postgres")."""
+
+    backend: str
+    store: Store
+
+    @pytest.fixture(autouse=True)
+    def _store(self, tmp_path: Path) -> Iterator[Store]:
+        with open_store(self.backend, tmp_path / "ws") as self.store:
+            yield self.store
 
     def manager(self, workspace: Path, **kwargs: Any) -> ConversationManager:
-        raise NotImplementedError
+        """A manager on the test's store, closed when the test ends."""
+        return self.store.at(workspace).manager(**kwargs)
 
     @pytest.fixture
-    def workspace(self, tmp_path: Path) -> Path:
-        return tmp_path / "ws"
+    def workspace(self) -> Path:
+        return self.store.workspace
 
     # -- identity and durability -------------------------------------------------------
     async def test_ids_survive_a_restart(self, workspace: Path) -> None:

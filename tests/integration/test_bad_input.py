@@ -39,7 +39,7 @@ from chatledger import (
 )
 from chatledger.ledger import Ledger
 from infrastructure.stores import DATABASE_URL_VARIABLE
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 DB = "chatledger.db"
 #: The workspace's SQLite file, even where CHATLEDGER_DATABASE_URL is set.
@@ -91,8 +91,8 @@ def _sample_files(root: Path, workspace: Path) -> Path:
 
 @pytest.fixture
 def ledger_ctx(tmp_path: Path, store: Store) -> Ctx:
-    workspace = tmp_path / "ws"
-    ledger = store.ledger(workspace)
+    workspace = store.workspace
+    ledger = store.ledger()
     conversation = ledger.start_conversation(title="bad input", system_prompt="Be brief.")
     ledger.append_message(conversation, "user", "hello")
     ledger.append_message(conversation, "assistant", "hi there")
@@ -104,8 +104,8 @@ def ledger_ctx(tmp_path: Path, store: Store) -> Ctx:
 
 @pytest.fixture
 async def manager_ctx(tmp_path: Path, store: Store) -> Ctx:
-    workspace = tmp_path / "ws"
-    manager = store.manager(workspace, system_prompt="Be brief.")
+    workspace = store.workspace
+    manager = store.manager(system_prompt="Be brief.")
     await manager.process_message("hello")
     checkpoint = await manager.create_manual_checkpoint("cp")
     snapshot = manager.create_snapshot(meta={"name": "snap"})
@@ -119,19 +119,12 @@ async def manager_ctx(tmp_path: Path, store: Store) -> Ctx:
 # Read on a connection of the test's own, in the store's own terms (its log table, and the
 # column that numbers the log), so the same check holds on SQLite and PostgreSQL.
 def stored_rows(ctx: Ctx) -> list[tuple[Any, ...]]:
-    log, number = ctx.store.dialect.events_table, ctx.store.dialect.notification_column
-    return ctx.store.rows(
-        ctx.workspace,
-        f"SELECT {number}, originator_id, originator_version, topic, state FROM {log} "
-        f"ORDER BY {number}",
-    )
+    return ctx.store.log_rows()
 
 
 def projection_rows(ctx: Ctx) -> dict[str, list[tuple[Any, ...]]]:
     tables = ("conversations", "checkpoints", "snapshots", "projection_tracking")
-    return {
-        t: sorted(ctx.store.rows(ctx.workspace, f"SELECT * FROM {t}"), key=repr) for t in tables
-    }
+    return ctx.store.tables(*tables)
 
 
 @dataclass
@@ -922,25 +915,23 @@ def test_unusable_sqlite_file_is_refused_untouched(
 
 
 # -- a store written by a newer chatledger, on either store ---------------------------------
-def _store_from_the_future(store: Store, workspace: Path, version: str) -> None:
-    ledger = Ledger(workspace, database_url=store.url)
+def _store_from_the_future(store: Store, version: str) -> None:
+    ledger = Ledger(store.workspace, database_url=store.url)
     ledger.start_conversation(title="from the future")
     ledger.close()
-    store.execute(
-        workspace, "UPDATE chatledger_meta SET value=? WHERE key='schema_version'", version
-    )
+    store.execute("UPDATE chatledger_meta SET value=? WHERE key='schema_version'", version)
 
 
-def _store_contents(store: Store, workspace: Path) -> Any:
+def _store_contents(store: Store) -> Any:
     # The SQLite file byte for byte; on PostgreSQL every table of the store's schema.
     if store.name == "sqlite":
-        return _snapshot_files(workspace)
-    return store.schema_tables()
+        return _snapshot_files(store.workspace)
+    return store.tables()
 
 
-def _where(store: Store, workspace: Path) -> str:
+def _where(store: Store) -> str:
     """How a message names the store: its file, or its schema."""
-    return str(workspace / DB) if store.name == "sqlite" else f"({store.schema})"
+    return str(store.workspace / DB) if store.name == "sqlite" else f"({store.schema})"
 
 
 @pytest.mark.parametrize("opener", ["ledger", "manager"])
@@ -952,27 +943,25 @@ def _where(store: Store, workspace: Path) -> str:
     ],
 )
 def test_a_store_of_an_unknown_schema_version_is_refused_untouched(
-    store: Store, tmp_path: Path, version: str, fragment: str, opener: str
+    store: Store, version: str, fragment: str, opener: str
 ) -> None:
-    workspace = tmp_path / "ws"
-    _store_from_the_future(store, workspace, version)
-    contents = _store_contents(store, workspace)
+    _store_from_the_future(store, version)
+    contents = _store_contents(store)
     assert contents, "nothing to compare: the store is empty"
     with pytest.raises(StoreError) as caught:
-        open_and_close(opener, workspace, store.url)
+        open_and_close(opener, store.workspace, store.url)
     assert_helpful(caught.value, fragment)
-    assert _where(store, workspace) in str(caught.value), "the message names the store"
-    assert _store_contents(store, workspace) == contents, "the refused store was written to"
+    assert _where(store) in str(caught.value), "the message names the store"
+    assert _store_contents(store) == contents, "the refused store was written to"
 
 
-def test_a_store_of_a_newer_chatledger_keeps_its_data(store: Store, tmp_path: Path) -> None:
+def test_a_store_of_a_newer_chatledger_keeps_its_data(store: Store) -> None:
     """Refusing a newer store must not destroy it: set the version back and it opens."""
-    workspace = tmp_path / "ws"
-    _store_from_the_future(store, workspace, "999")
+    _store_from_the_future(store, "999")
     with pytest.raises(StoreError):
-        Ledger(workspace, database_url=store.url)
-    store.execute(workspace, "UPDATE chatledger_meta SET value='1' WHERE key='schema_version'")
-    ledger = store.ledger(workspace)
+        Ledger(store.workspace, database_url=store.url)
+    store.execute("UPDATE chatledger_meta SET value='1' WHERE key='schema_version'")
+    ledger = store.ledger()
     assert [c["title"] for c in ledger.list_conversations()] == ["from the future"]
     assert ledger.verify().ok
 

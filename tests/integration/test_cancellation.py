@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from chatledger import ConversationManager
 from chatledger.providers import ChunkCallback, ModelReply, deliver
 from domain import events
 from tests.integration.test_model_calls import events_of
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 STORY = "once upon a time there was a ledger that never forgot"
 
@@ -68,9 +67,9 @@ def press_ctrl_c() -> None:
 
 @pytest.mark.parametrize("reader", ["callback", "generator"])
 def test_ctrl_c_while_an_answer_streams_is_recorded_and_still_stops_the_program(
-    store: Store, tmp_path: Path, reader: str
+    store: Store, reader: str
 ) -> None:
-    manager = store.manager(tmp_path, api_client=Storyteller())
+    manager = store.manager(api_client=Storyteller())
     listen = after_words(2, press_ctrl_c)
 
     async def chat() -> None:
@@ -92,9 +91,9 @@ def test_ctrl_c_while_an_answer_streams_is_recorded_and_still_stops_the_program(
 
 @pytest.mark.parametrize("coroutine", [False, True], ids=["plain", "coroutine"])
 async def test_a_keyboard_interrupt_raised_by_the_stream_callback_is_recorded_and_raised(
-    store: Store, tmp_path: Path, coroutine: bool
+    store: Store, coroutine: bool
 ) -> None:
-    manager = store.manager(tmp_path, api_client=Storyteller())
+    manager = store.manager(api_client=Storyteller())
 
     def interrupt() -> None:
         raise KeyboardInterrupt
@@ -114,9 +113,9 @@ async def test_a_keyboard_interrupt_raised_by_the_stream_callback_is_recorded_an
 
 
 async def test_a_cancelled_task_streaming_to_a_callback_is_recorded_and_stays_cancelled(
-    store: Store, tmp_path: Path
+    store: Store,
 ) -> None:
-    manager = store.manager(tmp_path, api_client=Storyteller())
+    manager = store.manager(api_client=Storyteller())
     two_words = asyncio.Event()
     turn = asyncio.create_task(
         manager.process_message(
@@ -130,8 +129,8 @@ async def test_a_cancelled_task_streaming_to_a_callback_is_recorded_and_stays_ca
     assert_cancelled(manager, "once upon ", "cancelled")
 
 
-async def test_a_reader_that_closes_the_stream_is_recorded(store: Store, tmp_path: Path) -> None:
-    manager = store.manager(tmp_path, api_client=Storyteller())
+async def test_a_reader_that_closes_the_stream_is_recorded(store: Store) -> None:
+    manager = store.manager(api_client=Storyteller())
     stream = await manager.process_message("Tell me a story.", streaming=True)
     assert not isinstance(stream, str)
     assert [await anext(stream), await anext(stream)] == ["once ", "upon "]
@@ -140,9 +139,9 @@ async def test_a_reader_that_closes_the_stream_is_recorded(store: Store, tmp_pat
 
 
 async def test_a_reader_whose_task_is_cancelled_is_recorded_and_stays_cancelled(
-    store: Store, tmp_path: Path
+    store: Store,
 ) -> None:
-    manager = store.manager(tmp_path, api_client=Storyteller())
+    manager = store.manager(api_client=Storyteller())
     two_words = asyncio.Event()
 
     async def read() -> None:
@@ -161,9 +160,9 @@ async def test_a_reader_whose_task_is_cancelled_is_recorded_and_stays_cancelled(
 
 
 async def test_a_reader_that_stops_iterating_is_recorded_when_the_stream_is_dropped(
-    store: Store, tmp_path: Path
+    store: Store,
 ) -> None:
-    manager = store.manager(tmp_path, api_client=Storyteller())
+    manager = store.manager(api_client=Storyteller())
 
     async def first_two_words() -> list[str]:
         stream = await manager.process_message("Tell me a story.", streaming=True)

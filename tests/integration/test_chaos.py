@@ -1,6 +1,6 @@
 """Chaos: several chat processes work on shared conversations at once (turns with the offline
 model, checkpoints, rollbacks, branches) while the test kills them with SIGKILL at random
-moments and starts new ones (DESIGN §4, §6).
+moments and starts new ones (docs/architecture.md §4, §7).
 
 Each worker tells the parent, through a pipe, what it is about to do and then what came back,
 each op named by a tag the write carries into the log (a turn's text, a checkpoint's name, a
@@ -36,14 +36,13 @@ from domain.messages import TextPart
 from tests.integration.processes import (
     RUN_TIMEOUT,
     SPAWN,
-    StoreSpec,
     assert_every_context_reproducible,
     assert_log_consistent,
     describe_error,
-    store_fixture,  # noqa: F401
     type_name,
     wait_for_sessions_to_end,
 )
+from tests.stores import Store, StoreSpec
 
 SEED = int(os.environ.get("CHATLEDGER_CHAOS_SEED") or 20250214)
 WORKERS = 3
@@ -114,7 +113,7 @@ def do(
 
 def session_name(spec: StoreSpec, worker: int) -> str:
     """What the worker's PostgreSQL sessions are called, to tell when they end."""
-    return f"chaos-{spec.schema()}-{worker}"
+    return f"chaos-{spec.schema}-{worker}"
 
 
 # -- the parent side ---------------------------------------------------------------------------
@@ -219,7 +218,7 @@ class Chaos:
         worker.pipe.close()
         self.workers.remove(worker)
         self.kills += 1
-        if self.spec.dsn is not None:
+        if self.spec.name == "postgres":
             wait_for_sessions_to_end(session_name(self.spec, worker.number))
 
     def run(self, kills: int) -> None:
@@ -289,7 +288,7 @@ def assert_every_acknowledged_write_is_there_once(
     assert listed == {*conversations, *branches}
 
 
-def test_killed_and_racing_chat_processes_lose_nothing_acknowledged(store: StoreSpec) -> None:
+def test_killed_and_racing_chat_processes_lose_nothing_acknowledged(store: Store) -> None:
     print(f"chaos seed {SEED} (CHATLEDGER_CHAOS_SEED={SEED} repeats its choices)")
     ops = Ops()
     manager = store.manager()
@@ -304,7 +303,7 @@ def test_killed_and_racing_chat_processes_lose_nothing_acknowledged(store: Store
     finally:
         manager.close()
 
-    chaos = Chaos(store, random.Random(SEED), conversations, ops)
+    chaos = Chaos(store.spec, random.Random(SEED), conversations, ops)
     started = time.monotonic()
     chaos.run(KILLS)
     print(
@@ -318,7 +317,7 @@ def test_killed_and_racing_chat_processes_lose_nothing_acknowledged(store: Store
     ledger = manager.ledger
     try:
         assert_every_acknowledged_write_is_there_once(ledger, ops, chaos.kills, conversations)
-        assert_log_consistent(ledger, store)
+        assert_log_consistent(ledger, store.spec)
         for conversation in ledger.list_conversations(limit=1000):
             answer = asyncio.run(manager.process_message("still there?", conversation["id"]))
             assert isinstance(answer, str) and not answer.startswith("Error"), answer

@@ -3,25 +3,24 @@ nothing in it yet, which has nothing to checkpoint."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from uuid import UUID
 
 import pytest
 
 from chatledger import CheckpointConfig, InvalidInput, NothingToCheckpoint
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 
-def stored_events(store: Store, workspace: Path) -> int:
-    (count,) = store.rows(workspace, f"SELECT COUNT(*) FROM {store.dialect.events_table}")[0]
+def stored_events(store: Store) -> int:
+    (count,) = store.rows(f"SELECT COUNT(*) FROM {store.dialect.events_table}")[0]
     return int(count)
 
 
 async def test_with_the_conversation_plane_off_only_manual_checkpoints_are_taken(
-    store: Store, tmp_path: Path
+    store: Store,
 ) -> None:
     planes = {"conversation": False, "tasks": False, "code": False}
-    manager = store.manager(tmp_path, checkpoint_config=CheckpointConfig(planes=planes))
+    manager = store.manager(checkpoint_config=CheckpointConfig(planes=planes))
     await manager.process_message("Plan a weekend in Lisbon.")
     manager.add_message("tool", "3 hotels found")
     assert manager.list_checkpoints() == []
@@ -31,11 +30,11 @@ async def test_with_the_conversation_plane_off_only_manual_checkpoints_are_taken
 
 
 async def test_a_conversation_with_only_its_system_prompt_has_nothing_to_checkpoint(
-    store: Store, tmp_path: Path
+    store: Store,
 ) -> None:
-    manager = store.manager(tmp_path, system_prompt="You are a concise assistant.")
+    manager = store.manager(system_prompt="You are a concise assistant.")
     conversation = UUID(manager.get_conversation_id())
-    before = stored_events(store, tmp_path)
+    before = stored_events(store)
 
     # Penguin's API answers None; the Ledger underneath says why, and writes nothing.
     assert await manager.create_manual_checkpoint("too early") is None
@@ -43,7 +42,7 @@ async def test_a_conversation_with_only_its_system_prompt_has_nothing_to_checkpo
         manager.ledger.create_checkpoint(conversation, name="too early")
     assert isinstance(refused.value, InvalidInput)
     assert "besides its system prompt" in str(refused.value)
-    assert stored_events(store, tmp_path) == before
+    assert stored_events(store) == before
     assert manager.list_checkpoints() == []
 
     # Anything the user puts in the conversation, even context alone, is worth a checkpoint.
@@ -52,9 +51,9 @@ async def test_a_conversation_with_only_its_system_prompt_has_nothing_to_checkpo
 
 
 async def test_a_conversation_with_no_messages_at_all_has_nothing_to_checkpoint(
-    store: Store, tmp_path: Path
+    store: Store,
 ) -> None:
-    manager = store.manager(tmp_path)
+    manager = store.manager()
     # Asking before any conversation exists does not start one.
     assert await manager.create_manual_checkpoint() is None
     assert manager.list_conversations() == []

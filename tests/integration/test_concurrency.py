@@ -1,13 +1,13 @@
-"""Several processes appending at once, each through its own Ledger (DESIGN §6: two writers
-never lose or duplicate an event; a conflicting command is retried on fresh state or fails
-with a typed conflict error).
+"""Several processes appending at once, each through its own Ledger (docs/architecture.md
+§7: two writers never lose or duplicate an event; a conflicting command is retried on fresh
+state or fails with a typed conflict error).
 
 Workers are real processes (multiprocessing, "spawn"), never threads: one Ledger shared by
 threads is not supported. Each worker reports what it got back and every exception it saw,
 by type; the parent then checks the log, the transcripts and the projections.
 
-Every test about concurrency runs on both stores, each through a `StoreSpec` that a fresh
-process can open: SQLite, whose writers take turns under a lock on the workspace, and
+Every test about concurrency runs on both stores (the `store` fixture), whose `spec` a fresh
+process opens: SQLite, whose writers take turns under a lock on the workspace, and
 PostgreSQL, whose writers queue on an advisory lock per conversation and write different
 conversations in parallel. Under both, the position a save takes is checked by the log
 itself (optimistic concurrency), the safety net the retry tests exercise by racing a writer
@@ -40,14 +40,13 @@ from chatledger.ledger import MAX_ATTEMPTS, Ledger
 from tests.integration.processes import (
     RUN_TIMEOUT,
     SPAWN,
-    StoreSpec,
     assert_every_context_reproducible,
     assert_log_consistent,
     describe_error,
     postgres_admin,
-    store_fixture,  # noqa: F401
     type_name,
 )
+from tests.stores import Store, StoreSpec
 
 WORKERS = 4
 APPENDS = 40
@@ -55,7 +54,7 @@ APPENDS = 40
 
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> StoreSpec:
-    return StoreSpec(workspace=str(tmp_path / "workspace"))
+    return StoreSpec(tmp_path / "workspace")
 
 
 # -- the worker side ------------------------------------------------------------------------
@@ -107,7 +106,7 @@ def append_worker(
     try:
         if open_after_barrier:
             barrier.wait(RUN_TIMEOUT)
-        ledger = spec.open()
+        ledger = spec.ledger()
         count_retries(ledger, report)
         if not open_after_barrier:
             barrier.wait(RUN_TIMEOUT)
@@ -247,14 +246,14 @@ def summary(reports: Sequence[WorkerReport]) -> str:
 
 
 # -- the tests --------------------------------------------------------------------------------
-def test_processes_appending_to_the_same_conversation(store: StoreSpec) -> None:
-    ledger = store.open()
+def test_processes_appending_to_the_same_conversation(store: Store) -> None:
+    ledger = store.ledger()
     try:
         conversation_id = str(ledger.start_conversation(title="shared"))
     finally:
         ledger.close()
 
-    reports = run_workers(store, [conversation_id] * WORKERS, APPENDS)
+    reports = run_workers(store.spec, [conversation_id] * WORKERS, APPENDS)
     print(summary(reports))
 
     # Writers of one conversation queue on its lock (the workspace's on SQLite, the
@@ -262,7 +261,7 @@ def test_processes_appending_to_the_same_conversation(store: StoreSpec) -> None:
     # position another took meanwhile.
     assert_no_errors(reports)
     assert all(r.retries == 0 for r in reports), summary(reports)
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         appended = [item for r in reports for item in r.appended]
         assert len(appended) == WORKERS * APPENDS - sum(len(r.failed) for r in reports)
@@ -277,18 +276,18 @@ def test_processes_appending_to_the_same_conversation(store: StoreSpec) -> None:
         )
         [listed] = ledger.list_conversations()
         assert listed["message_count"] == len(appended)
-        assert_log_consistent(ledger, store)
+        assert_log_consistent(ledger, store.spec)
     finally:
         ledger.close()
 
 
-def test_processes_appending_to_their_own_conversations(store: StoreSpec) -> None:
-    reports = run_workers(store, [None] * WORKERS, APPENDS)
+def test_processes_appending_to_their_own_conversations(store: Store) -> None:
+    reports = run_workers(store.spec, [None] * WORKERS, APPENDS)
     print(summary(reports))
 
     assert_no_errors(reports)
     assert all(r.retries == 0 for r in reports), "distinct conversations should never conflict"
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         ids = [r.conversation_id for r in reports]
         assert None not in ids and len(set(ids)) == WORKERS
@@ -303,7 +302,7 @@ def test_processes_appending_to_their_own_conversations(store: StoreSpec) -> Non
             assert [c["id"] for c in found] == [report.conversation_id]
         listed = {c["id"]: c["message_count"] for c in ledger.list_conversations()}
         assert listed == dict.fromkeys(ids, APPENDS)
-        assert_log_consistent(ledger, store)
+        assert_log_consistent(ledger, store.spec)
     finally:
         ledger.close()
 
@@ -311,7 +310,7 @@ def test_processes_appending_to_their_own_conversations(store: StoreSpec) -> Non
 def append_when_told(spec: StoreSpec, conversation_id: str, go: Any, results: Any) -> None:
     """Another writer, in its own process: appends one message on each `go` (its text) and
     reports the (message id, position) it got, until told None."""
-    ledger = spec.open()
+    ledger = spec.ledger()
     try:
         results.put("ready")
         while (text := go.get(timeout=RUN_TIMEOUT)) is not None:
@@ -361,7 +360,7 @@ def racing(spec: StoreSpec, conversation_id: str, interruptions: int) -> Iterato
         target=append_when_told, args=(spec, conversation_id, go, results), daemon=True
     )
     other.start()
-    ledger = spec.open()
+    ledger = spec.ledger()
     try:
         assert results.get(timeout=RUN_TIMEOUT) == "ready"
         yield Race(ledger, go, results, interruptions)
@@ -374,21 +373,21 @@ def racing(spec: StoreSpec, conversation_id: str, interruptions: int) -> Iterato
     assert other.exitcode == 0
 
 
-def test_a_save_that_lost_the_race_is_decided_again_on_fresh_state(store: StoreSpec) -> None:
-    ledger = store.open()
+def test_a_save_that_lost_the_race_is_decided_again_on_fresh_state(store: Store) -> None:
+    ledger = store.ledger()
     try:
         conversation_id = str(ledger.start_conversation(title="raced"))
         first = ledger.append_message(conversation_id, "user", "before the race")
     finally:
         ledger.close()
 
-    with racing(store, conversation_id, interruptions=3) as race:
+    with racing(store.spec, conversation_id, interruptions=3) as race:
         mine = race.ledger.append_message(conversation_id, "user", "decided three times")
 
     # Each interruption took the position this append had decided on; the fourth decision
     # saw all three and went after them.
     assert race.conflicts == 3
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         history = assert_history_exact(
             ledger,
@@ -402,28 +401,28 @@ def test_a_save_that_lost_the_race_is_decided_again_on_fresh_state(store: StoreS
             "other 2",
             "decided three times",
         ]
-        assert_log_consistent(ledger, store)
+        assert_log_consistent(ledger, store.spec)
     finally:
         ledger.close()
 
 
 def test_a_command_that_loses_every_race_fails_typed_having_written_nothing(
-    store: StoreSpec,
+    store: Store,
 ) -> None:
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         conversation_id = str(ledger.start_conversation(title="raced"))
     finally:
         ledger.close()
 
-    with racing(store, conversation_id, interruptions=MAX_ATTEMPTS) as race:
+    with racing(store.spec, conversation_id, interruptions=MAX_ATTEMPTS) as race:
         with pytest.raises(ConcurrencyConflict):
             race.ledger.append_message(conversation_id, "user", "never saved")
         assert race.conflicts == MAX_ATTEMPTS
         # The next command runs once the others stop: nothing of the failed one lingers.
         after = race.ledger.append_message(conversation_id, "user", "saved after")
 
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         history = assert_history_exact(
             ledger, conversation_id, [*race.others, (after.message_id, after.position)]
@@ -432,7 +431,7 @@ def test_a_command_that_loses_every_race_fails_typed_having_written_nothing(
             *(f"other {n}" for n in range(MAX_ATTEMPTS)),
             "saved after",
         ]
-        assert_log_consistent(ledger, store)
+        assert_log_consistent(ledger, store.spec)
     finally:
         ledger.close()
 
@@ -533,20 +532,20 @@ def chat_windows(spec: StoreSpec, conversation_id: str, names: str) -> Iterator[
     assert [p.exitcode for p in processes] == [0] * len(processes)
 
 
-def test_two_chat_windows_taking_turns_on_one_conversation(store: StoreSpec) -> None:
+def test_two_chat_windows_taking_turns_on_one_conversation(store: Store) -> None:
     """Two people in one conversation from two windows: one sends a message while the other
     window's answer is still streaming in, and that window's next turn follows at once. (The
     bug once found here: the streaming window saved its answer and moved its cached context
     past the other window's turn without reading it, built its next request on that stale
     context, and recorded its call against its own older call; from then on every turn and
     context_at on the conversation raised KeyError in domain/manifests.py.)"""
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         conversation_id = str(ledger.start_conversation(system_prompt="Be brief."))
     finally:
         ledger.close()
 
-    with chat_windows(store, conversation_id, "AB") as (a, b):
+    with chat_windows(store.spec, conversation_id, "AB") as (a, b):
         for round_, (slow, quick) in enumerate([(a, b), (b, a), (a, b)]):
             slow.send(f"round {round_}: {slow.name} asks something long", pause=True)
             slow.paused()
@@ -555,7 +554,7 @@ def test_two_chat_windows_taking_turns_on_one_conversation(store: StoreSpec) -> 
             slow.answered()
             slow.turn(f"round {round_}: {slow.name} follows up")
 
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         history = ledger.history(conversation_id)
         sent = [text for window in (a, b) for text, _ in window.turns]
@@ -563,21 +562,21 @@ def test_two_chat_windows_taking_turns_on_one_conversation(store: StoreSpec) -> 
         assert sorted(r["content"] for r in history if r["role"] == "user") == sorted(sent)
         assert sorted(r["content"] for r in history if r["role"] == "assistant") == sorted(answers)
         assert_every_context_reproducible(ledger, conversation_id)
-        assert_log_consistent(ledger, store)
+        assert_log_consistent(ledger, store.spec)
     finally:
         ledger.close()
 
 
-def test_a_rollback_elsewhere_while_an_answer_streams(store: StoreSpec) -> None:
+def test_a_rollback_elsewhere_while_an_answer_streams(store: Store) -> None:
     """Someone rolls the conversation back while a window's answer is streaming in; the
     window's next turn is built on the conversation as rolled back. (The same bug once found
     here: the window moved its cached context past the rollback without reading it, sent the
     rolled-back question again and recorded its call against a call the rollback had left
     out of the view.)"""
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         conversation_id = str(ledger.start_conversation(system_prompt="Be brief."))
-        with chat_windows(store, conversation_id, "A") as (window,):
+        with chat_windows(store.spec, conversation_id, "A") as (window,):
             window.turn("first question")
             checkpoint = ledger.create_checkpoint(conversation_id, name="after the first answer")
             window.send("second question", pause=True)
@@ -590,7 +589,7 @@ def test_a_rollback_elsewhere_while_an_answer_streams(store: StoreSpec) -> None:
         asked = [r["content"] for r in ledger.history(conversation_id) if r["role"] == "user"]
         assert asked == ["first question", "third question"]
         assert_every_context_reproducible(ledger, conversation_id)
-        assert_log_consistent(ledger, store)
+        assert_log_consistent(ledger, store.spec)
     finally:
         ledger.close()
 
@@ -612,13 +611,13 @@ def _is_wal_switch_lock(error: tuple[str, str, tuple[str, ...], str]) -> bool:
     )
 
 
-def test_processes_opening_a_fresh_store_at_once(store: StoreSpec) -> None:
+def test_processes_opening_a_fresh_store_at_once(store: Store) -> None:
     """The first open creates the store (SQLite: the file, in WAL mode; PostgreSQL: the
     schema) and its tables: several processes doing that at once (released together by the
     barrier) must not trip over each other. On SQLite one known bug lost this race now and
     then (see the strict repro below); it is told apart so that everything else is still
     checked before the test fails on it."""
-    reports = run_workers(store, [None] * WORKERS, 5, open_after_barrier=True)
+    reports = run_workers(store.spec, [None] * WORKERS, 5, open_after_barrier=True)
     print(summary(reports))
 
     hit_wal_bug = [r.worker for r in reports if any(map(_is_wal_switch_lock, r.errors))]
@@ -627,13 +626,13 @@ def test_processes_opening_a_fresh_store_at_once(store: StoreSpec) -> None:
             assert all(map(_is_wal_switch_lock, report.errors)) and not report.appended
             report.errors.clear()
     assert_no_errors(reports)
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         for report in reports:
             if report.worker not in hit_wal_bug:
                 assert report.conversation_id is not None
                 assert_history_exact(ledger, report.conversation_id, report.appended)
-        assert_log_consistent(ledger, store)
+        assert_log_consistent(ledger, store.spec)
     finally:
         ledger.close()
     assert not hit_wal_bug, f"workers {hit_wal_bug} hit {WAL_SWITCH_BUG}"
@@ -656,7 +655,7 @@ connection.execute("COMMIT")
 def test_sqlite_opening_a_new_workspace_waits_for_another_process_first_write(
     sqlite_store: StoreSpec,
 ) -> None:
-    path = sqlite_store.sqlite_path()
+    path = sqlite_store.sqlite_path
     assert path is not None
     path.parent.mkdir(parents=True)
     holder = subprocess.Popen(
@@ -668,7 +667,7 @@ def test_sqlite_opening_a_new_workspace_waits_for_another_process_first_write(
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         started = time.monotonic()
         # Every other write waits up to 30 s for the lock; the bug raised within 1 ms.
-        ledger = sqlite_store.open()
+        ledger = sqlite_store.ledger()
         ledger.close()
         assert time.monotonic() - started < 25
     finally:
@@ -683,7 +682,7 @@ def read_when_told(
     conversation's history and the conversation list and reports what it saw. Its PostgreSQL
     sessions carry `session_name`, so the server can say when it waits."""
     os.environ["PGAPPNAME"] = session_name  # libpq names every connection this process opens
-    ledger = spec.open()
+    ledger = spec.ledger()
     try:
         results.put("ready")
         while go.get(timeout=RUN_TIMEOUT):
@@ -717,13 +716,13 @@ def wait_until_waiting_for_a_lock(session_name: str, reader: Any) -> None:
 
 
 def test_a_rebuild_in_one_process_does_not_hide_conversations_from_others(
-    store: StoreSpec,
+    store: Store,
 ) -> None:
     """A rebuild drops and refills every projection table in one transaction. A reader in
     another process meanwhile sees the conversations as they were: SQLite's reader reads the
     last committed tables at once; PostgreSQL's waits for the rebuild's lock on the tables
     it drops, then reads the rebuilt ones. Neither may find a conversation missing."""
-    ledger = store.open()
+    ledger = store.ledger()
     try:
         conversation_id = str(ledger.start_conversation(title="visible"))
         for seq in range(3):
@@ -732,7 +731,7 @@ def test_a_rebuild_in_one_process_does_not_hide_conversations_from_others(
         session_name = f"chatledger-reader-{uuid4().hex[:8]}"
         reader = SPAWN.Process(
             target=read_when_told,
-            args=(store, conversation_id, session_name, go, results),
+            args=(store.spec, conversation_id, session_name, go, results),
             daemon=True,
         )
         reader.start()
@@ -750,7 +749,7 @@ def test_a_rebuild_in_one_process_does_not_hide_conversations_from_others(
                 if not asked:
                     asked.append(True)
                     go.put(True)
-                    if store.dsn is None:
+                    if store.name == "sqlite":
                         seen_during.append(results.get(timeout=RUN_TIMEOUT))
                     else:
                         wait_until_waiting_for_a_lock(session_name, reader)

@@ -1,6 +1,6 @@
 """A writer killed with SIGKILL at random moments loses nothing it reported and leaves
-nothing half written (DESIGN §4, §6: an append that returned is durable; events and their
-projections commit in one transaction).
+nothing half written (docs/architecture.md §4, §7: an append that returned is durable;
+events and their projections commit in one transaction).
 
 A writer subprocess appends in a loop and prints every id it got back (flushed); the parent
 kills it after a seeded random delay, checks the store, restarts it, and so on. Some runs
@@ -28,14 +28,13 @@ from uuid import uuid4
 from chatledger import StoreError
 from chatledger.ledger import Ledger
 from tests.integration.processes import (
-    StoreSpec,
     assert_log_consistent,
     assert_postgres_log_sound,
     assert_postgres_unlocked,
     postgres_admin,
-    store_fixture,  # noqa: F401
     wait_for_sessions_to_end,
 )
+from tests.stores import Store, StoreSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20240611
@@ -62,7 +61,7 @@ def say(line):
 from chatledger.ledger import Ledger
 
 say("opening")
-ledger = Ledger(Path(job["workspace"]), database_url=job["dsn"] or "")
+ledger = Ledger(Path(job["workspace"]), database_url=job["url"])
 ledger.tokens.count_text("warm up")  # loads the encoding (~0.1 s) before the kill clock runs
 say("ready")
 rng = random.Random(job["seed"])
@@ -138,8 +137,8 @@ def run_and_kill(
     opening_delay: float = 0.01,
 ) -> WriterRun:
     job = {
-        "workspace": spec.workspace,
-        "dsn": spec.dsn,
+        "workspace": str(spec.workspace),
+        "url": spec.url,
         "conversation_id": conversation_id,
         "run": run,
         "seed": rng.randrange(2**32),
@@ -183,7 +182,7 @@ def run_and_kill(
 def log_and_projections_as_left(spec: StoreSpec, writer: WriterRun) -> tuple[int, int]:
     """(last notification id in the log, position every projection has reached), read before
     anything opens the store, which would recover it and catch the projections up."""
-    path = spec.sqlite_path()
+    path = spec.sqlite_path
     if path is not None:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as raw:
             logged = raw.execute("SELECT MAX(rowid) FROM stored_events").fetchone()[0]
@@ -195,8 +194,8 @@ def log_and_projections_as_left(spec: StoreSpec, writer: WriterRun) -> tuple[int
     assert_postgres_log_sound(spec)
     with postgres_admin() as admin:
         row = admin.execute(
-            f'SELECT (SELECT MAX(notification_id) FROM "{spec.schema()}".chatledger_events), '
-            f'(SELECT MIN(position) FROM "{spec.schema()}".projection_tracking)'
+            f'SELECT (SELECT MAX(notification_id) FROM "{spec.schema}".chatledger_events), '
+            f'(SELECT MIN(position) FROM "{spec.schema}".projection_tracking)'
         ).fetchone()
     assert row is not None
     return row
@@ -218,7 +217,7 @@ def assert_survived(
         f"(rebuild cut short: {writer.rebuild_in_flight()})"
     )
 
-    ledger = spec.open()
+    ledger = spec.ledger()
     try:
         assert ledger.projections.position() == logged
         # Every event of the log decodes (mapper, upcasting, pydantic validation).
@@ -245,8 +244,8 @@ def assert_survived(
         ledger.close()
 
 
-def test_sigkilled_writer_loses_nothing_it_reported(store: StoreSpec) -> None:
-    ledger = store.open()
+def test_sigkilled_writer_loses_nothing_it_reported(store: Store) -> None:
+    ledger = store.ledger()
     try:
         conversation_id = str(ledger.start_conversation(title="crash"))
     finally:
@@ -258,11 +257,11 @@ def test_sigkilled_writer_loses_nothing_it_reported(store: StoreSpec) -> None:
     cut_rebuilds = 0
     for run in range(KILLS):
         while_opening = run % KILL_WHILE_OPENING_EVERY == KILL_WHILE_OPENING_EVERY - 1
-        writer = run_and_kill(store, conversation_id, run, rng, while_opening)
+        writer = run_and_kill(store.spec, conversation_id, run, rng, while_opening)
         cut_rebuilds += writer.rebuild_in_flight()
         reported.update(writer.messages())
         checkpoints.extend(writer.checkpoints())
-        assert_survived(store, writer, conversation_id, reported, checkpoints, run + 1)
+        assert_survived(store.spec, writer, conversation_id, reported, checkpoints, run + 1)
     print(
         f"{KILLS} kills, {len(reported)} appends reported, {len(checkpoints)} checkpoints, "
         f"{cut_rebuilds} rebuilds cut short"
@@ -296,12 +295,12 @@ def test_sqlite_sigkill_while_creating_a_workspace_leaves_it_usable(tmp_path: Pa
     rng = random.Random(SEED + 1)
     hit_bug: list[int] = []
     for run in range(5):
-        spec = StoreSpec(workspace=str(tmp_path / f"workspace{run}"))
+        spec = StoreSpec(tmp_path / f"workspace{run}")
         writer = run_and_kill(spec, None, run, rng, while_opening=True, opening_delay=0.03)
         try:
-            ledger = spec.open()
+            ledger = spec.ledger()
         except StoreError as error:
-            if not _hot_journal_refusal(error, Path(spec.workspace)):
+            if not _hot_journal_refusal(error, spec.workspace):
                 raise
             hit_bug.append(run)
             continue

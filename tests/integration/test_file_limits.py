@@ -37,7 +37,7 @@ from domain import events
 from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.store_contract import PenguinClient
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 #: The per-file cap the refusal tests configure, for images and context files alike.
 CAP = 4096
@@ -163,10 +163,10 @@ def bad_file(
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 async def test_a_file_that_is_not_regular_or_too_big_is_refused_by_name(
-    store: Store, tmp_path: Path, bad_file: tuple[Path, str], entry: str
+    store: Store, bad_file: tuple[Path, str], entry: str
 ) -> None:
     path, why = bad_file
-    manager = store.manager(tmp_path / "ws", max_image_bytes=CAP, max_context_file_bytes=CAP)
+    manager = store.manager(max_image_bytes=CAP, max_context_file_bytes=CAP)
     await manager.process_message("hello")
     before = written(manager)
 
@@ -189,7 +189,7 @@ async def test_files_exactly_at_their_caps_are_read_and_one_byte_more_is_refused
     notes = tmp_path / "notes.md"
     notes.write_text("n" * 100)
     image_cap = chart.stat().st_size
-    manager = store.manager(tmp_path / "ws", max_image_bytes=image_cap, max_context_file_bytes=100)
+    manager = store.manager(max_image_bytes=image_cap, max_context_file_bytes=100)
 
     await manager.process_message("Here is the chart.", image_path=chart, context_files=[notes])
     *_, context, question, _answer = manager.get_history()
@@ -213,14 +213,12 @@ async def test_files_exactly_at_their_caps_are_read_and_one_byte_more_is_refused
     assert written(manager) == before
 
 
-async def test_the_context_file_cap_follows_the_message_cap_unless_set(
-    store: Store, tmp_path: Path
-) -> None:
-    workspace = tmp_path / "ws"
+async def test_the_context_file_cap_follows_the_message_cap_unless_set(store: Store) -> None:
+    workspace = store.workspace
     (workspace / "context").mkdir(parents=True)
     (workspace / "context" / "fits.md").write_text("f" * 1000)
     (workspace / "context" / "long.md").write_text("l" * 1001)
-    manager = store.manager(workspace, max_message_bytes=1000)
+    manager = store.manager(max_message_bytes=1000)
     assert manager.ledger.max_image_bytes == 20 * 1024 * 1024
     assert manager.ledger.max_context_file_bytes == 1000
 
@@ -233,9 +231,9 @@ async def test_the_context_file_cap_follows_the_message_cap_unless_set(
 
 
 @pytest.mark.parametrize("setting", ["max_image_bytes", "max_context_file_bytes"])
-def test_a_cap_below_one_byte_is_refused(store: Store, tmp_path: Path, setting: str) -> None:
+def test_a_cap_below_one_byte_is_refused(store: Store, setting: str) -> None:
     with pytest.raises(InvalidInput, match=f"{setting} must be at least 1"):
-        store.ledger(tmp_path, **{setting: 0})
+        store.ledger(**{setting: 0})
 
 
 # -- images Pillow must not decode, or cannot ------------------------------------------------
@@ -269,7 +267,7 @@ async def test_an_image_that_would_not_decode_safely_is_refused(
 ) -> None:
     make, why = IMAGES[image]
     path = make(tmp_path / "picture.img")
-    manager = store.manager(tmp_path / "ws")
+    manager = store.manager()
     await manager.process_message("hello")
     before = written(manager)
 

@@ -19,19 +19,19 @@ from chatledger.ledger import (
     MAX_NAME_CHARS,
     Ledger,
 )
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 
 @pytest.fixture
 def setup(store: Store, tmp_path: Path) -> tuple[ConversationManager, Path]:
-    workspace = tmp_path / "ws"
+    workspace = store.workspace
     (workspace / "context").mkdir(parents=True)
     (workspace / "context" / "inside.md").write_text("inside context")
     (workspace / "notes.md").write_text("in the workspace")
     outside = tmp_path / "secret.txt"
     outside.write_text("outside the workspace")
     (workspace / "context" / "link.md").symlink_to(outside)
-    return store.manager(workspace), outside
+    return store.manager(), outside
 
 
 @pytest.mark.parametrize("name", ["../../secret.txt", "../secret.txt", "link.md"])
@@ -61,10 +61,8 @@ def test_context_folder_first_then_workspace(setup: tuple[ConversationManager, P
     assert loaded[1][0] == "in the workspace" and loaded[1][1].endswith("ws/notes.md")
 
 
-def test_a_message_over_the_size_limit_is_refused_before_anything_is_written(
-    store: Store, tmp_path: Path
-) -> None:
-    manager = store.manager(tmp_path, max_message_bytes=1000)
+def test_a_message_over_the_size_limit_is_refused_before_anything_is_written(store: Store) -> None:
+    manager = store.manager(max_message_bytes=1000)
     manager.add_message("user", "x" * 900)
     before = manager.get_history()
     with pytest.raises(InvalidInput, match="the limit is 1000"):
@@ -120,9 +118,9 @@ LIMITS = [
 
 @pytest.mark.parametrize(("write", "limit"), LIMITS)
 def test_labels_keys_and_metadata_stop_at_their_limit(
-    store: Store, tmp_path: Path, write: Callable[[Ledger, UUID, int], Any], limit: int
+    store: Store, write: Callable[[Ledger, UUID, int], Any], limit: int
 ) -> None:
-    ledger = store.ledger(tmp_path / "ws")
+    ledger = store.ledger()
     conversation = ledger.start_conversation(system_prompt="Be brief.")
     ledger.append_message(conversation, "user", "hello")
     write(ledger, conversation, limit)

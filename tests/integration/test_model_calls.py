@@ -18,7 +18,7 @@ from PIL import Image
 from chatledger import ConversationManager, IdempotencyConflict
 from chatledger.providers import ChunkCallback, ModelReply, ProviderError
 from domain import events
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 
 class ScriptedProvider:
@@ -58,17 +58,17 @@ def events_of(manager: ConversationManager, kind: type) -> list[Any]:
     return [e for e in manager.ledger.store.events.get(cid) if isinstance(e, kind)]
 
 
-def manager_with(store: Store, workspace: Path, provider: Any) -> ConversationManager:
-    return store.manager(workspace, api_client=provider, model_config={"retry_backoff": 0.001})
+def manager_with(store: Store, provider: Any) -> ConversationManager:
+    return store.manager(api_client=provider, model_config={"retry_backoff": 0.001})
 
 
 def rate_limited() -> ProviderError:
     return ProviderError("429 slow down", kind="rate_limit", retryable=True, retry_after=0.001)
 
 
-async def test_retryable_errors_are_retried_and_recorded_once(store: Store, tmp_path: Path) -> None:
+async def test_retryable_errors_are_retried_and_recorded_once(store: Store) -> None:
     provider = ScriptedProvider([rate_limited(), rate_limited()])
-    manager = manager_with(store, tmp_path, provider)
+    manager = manager_with(store, provider)
     assert await manager.process_message("hi") == "the answer"
     assert provider.calls == 3
     (called,) = events_of(manager, events.ModelCalled)
@@ -81,11 +81,11 @@ async def test_retryable_errors_are_retried_and_recorded_once(store: Store, tmp_
 
 
 async def test_a_bad_request_is_not_retried_and_ends_in_an_emergency_checkpoint(
-    store: Store, tmp_path: Path
+    store: Store,
 ) -> None:
     bad = ProviderError("400 invalid model", kind="bad_request", retryable=False, status=400)
     provider = ScriptedProvider([bad])
-    manager = manager_with(store, tmp_path, provider)
+    manager = manager_with(store, provider)
     answer = await manager.process_message("hi")
     assert answer == "Error processing message: 400 invalid model"
     assert provider.calls == 1
@@ -95,16 +95,16 @@ async def test_a_bad_request_is_not_retried_and_ends_in_an_emergency_checkpoint(
     assert [m["content"] for m in manager.get_history()] == ["hi"]
 
 
-async def test_retries_give_up_after_max_attempts(store: Store, tmp_path: Path) -> None:
+async def test_retries_give_up_after_max_attempts(store: Store) -> None:
     provider = ScriptedProvider([rate_limited() for _ in range(5)])
-    manager = manager_with(store, tmp_path, provider)
+    manager = manager_with(store, provider)
     assert (await manager.process_message("hi")).startswith("Error processing message: 429")
     assert provider.calls == 3
     (failed,) = events_of(manager, events.ModelCallFailed)
     assert failed.attempts == 3
 
 
-async def test_a_stream_cut_half_way_records_the_partial_text(store: Store, tmp_path: Path) -> None:
+async def test_a_stream_cut_half_way_records_the_partial_text(store: Store) -> None:
     class CutProvider(ScriptedProvider):
         async def complete(self, messages: Any, **kwargs: Any) -> ModelReply:
             on_chunk = kwargs["on_chunk"]
@@ -114,7 +114,7 @@ async def test_a_stream_cut_half_way_records_the_partial_text(store: Store, tmp_
             )
 
     provider = CutProvider()
-    manager = manager_with(store, tmp_path, provider)
+    manager = manager_with(store, provider)
     chunks: list[str] = []
     answer = await manager.process_message("go", streaming=True, stream_callback=chunks.append)
     assert chunks == ["half "] and answer.startswith("Error processing message")
@@ -124,10 +124,8 @@ async def test_a_stream_cut_half_way_records_the_partial_text(store: Store, tmp_
     assert not events_of(manager, events.ModelResponded)
 
 
-async def test_a_consumer_that_stops_reading_is_recorded_as_cancelled(
-    store: Store, tmp_path: Path
-) -> None:
-    manager = manager_with(store, tmp_path, ScriptedProvider(text="one two three four five"))
+async def test_a_consumer_that_stops_reading_is_recorded_as_cancelled(store: Store) -> None:
+    manager = manager_with(store, ScriptedProvider(text="one two three four five"))
     stream = await manager.process_message("go", streaming=True)
     assert not isinstance(stream, str)
     first = await stream.__anext__()
@@ -140,11 +138,9 @@ async def test_a_consumer_that_stops_reading_is_recorded_as_cancelled(
     assert row["status"] == "cancelled"
 
 
-async def test_a_turn_repeated_with_its_idempotency_key_is_not_called_twice(
-    store: Store, tmp_path: Path
-) -> None:
+async def test_a_turn_repeated_with_its_idempotency_key_is_not_called_twice(store: Store) -> None:
     provider = ScriptedProvider()
-    manager = manager_with(store, tmp_path, provider)
+    manager = manager_with(store, provider)
     first = await manager.process_message("hi", idempotency_key="turn-1")
     again = await manager.process_message("hi", idempotency_key="turn-1")
     assert first == again == "the answer"
@@ -159,8 +155,9 @@ async def test_an_idempotency_key_reused_for_a_different_request_is_refused(
     store: Store, tmp_path: Path
 ) -> None:
     provider = ScriptedProvider()
-    manager = manager_with(store, tmp_path, provider)
-    (tmp_path / "notes.md").write_text("The office is in Porto.")
+    manager = manager_with(store, provider)
+    store.workspace.mkdir(exist_ok=True)  # for the context files (PostgreSQL keeps none there)
+    (store.workspace / "notes.md").write_text("The office is in Porto.")
     map_png, plan_png = tmp_path / "map.png", tmp_path / "plan.png"
     Image.new("RGB", (40, 30), "green").save(map_png)
     Image.new("RGB", (40, 30), "red").save(plan_png)
@@ -174,7 +171,7 @@ async def test_an_idempotency_key_reused_for_a_different_request_is_refused(
         == "the answer"
     )
     # The same key with another question, image or context file is a different request.
-    (tmp_path / "other.md").write_text("The office moved to Braga.")
+    (store.workspace / "other.md").write_text("The office moved to Braga.")
     for changed in (
         {"message": "Where is the warehouse?"},
         {"image_path": str(plan_png)},
@@ -205,12 +202,12 @@ def open_files() -> set[tuple[str, str]]:
     return files
 
 
-def test_an_api_client_of_the_wrong_shape_is_refused(store: Store, tmp_path: Path) -> None:
+def test_an_api_client_of_the_wrong_shape_is_refused(store: Store) -> None:
     from chatledger import InvalidInput
 
     files, threads = open_files(), set(threading.enumerate())
     with pytest.raises(InvalidInput, match="get_response") as refused:
-        store.manager(tmp_path, api_client=object())
+        store.manager(api_client=object())
     # The caller gets no manager to close, so the refused one lets go of the store itself:
     # waiting for the garbage collector is not enough while its error, which references it
     # through the traceback, is still held (here by `refused`).
@@ -219,10 +216,8 @@ def test_an_api_client_of_the_wrong_shape_is_refused(store: Store, tmp_path: Pat
     assert set(threading.enumerate()) - threads == set(), "the connection pool still runs"
 
 
-async def test_a_call_records_its_messages_as_a_change_to_the_previous_call(
-    store: Store, tmp_path: Path
-) -> None:
-    manager = store.manager(tmp_path, system_prompt="S")
+async def test_a_call_records_its_messages_as_a_change_to_the_previous_call(store: Store) -> None:
+    manager = store.manager(system_prompt="S")
     for index in range(30):
         await manager.process_message(f"question {index}")
     calls = events_of(manager, events.ModelCalled)

@@ -15,12 +15,11 @@ from chatledger import ConversationManager, Ledger
 from chatledger.providers import ChunkCallback, ModelReply, ProviderError, deliver
 from chatledger.replay import ReplayMismatch, recorded_calls, replay
 from infrastructure.stores import DATABASE_URL_VARIABLE
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 
-async def record(store: Store, workspace: Path, tmp_path: Path) -> tuple[ConversationManager, str]:
+async def record(store: Store, tmp_path: Path) -> tuple[ConversationManager, str]:
     manager = store.manager(
-        workspace,
         system_prompt="You are terse.",
         model_config={"context_window": 400},
         max_messages_per_session=12,
@@ -42,7 +41,7 @@ async def record(store: Store, workspace: Path, tmp_path: Path) -> tuple[Convers
 
 
 async def test_replay_reproduces_every_answer_and_request(store: Store, tmp_path: Path) -> None:
-    manager, branch = await record(store, tmp_path / "ws", tmp_path)
+    manager, branch = await record(store, tmp_path)
     ledger = manager.ledger
     calls = recorded_calls(ledger, branch)
     # The branch's view holds the parent's first three turns and its own four.
@@ -62,7 +61,7 @@ async def test_replay_reproduces_every_answer_and_request(store: Store, tmp_path
 async def test_a_changed_system_prompt_is_caught_at_the_first_turn(
     store: Store, tmp_path: Path
 ) -> None:
-    manager, branch = await record(store, tmp_path / "ws", tmp_path)
+    manager, branch = await record(store, tmp_path)
     expected = r"Turn 1: the request differs .* at message 1: recorded 'system: You are terse"
     with pytest.raises(ReplayMismatch, match=expected):
         await replay(manager.ledger, branch, system_prompt="You are verbose.")
@@ -71,7 +70,7 @@ async def test_a_changed_system_prompt_is_caught_at_the_first_turn(
 async def test_replay_against_another_model_reports_divergence(
     store: Store, tmp_path: Path
 ) -> None:
-    manager, branch = await record(store, tmp_path / "ws", tmp_path)
+    manager, branch = await record(store, tmp_path)
 
     class Echo:
         name, model = "echo", "echo-1"
@@ -93,7 +92,7 @@ async def test_a_replay_only_reads_the_recorded_store(
 ) -> None:
     # Even where CHATLEDGER_DATABASE_URL names the recorded store, as for the CLI on PostgreSQL.
     monkeypatch.setenv(DATABASE_URL_VARIABLE, store.url)
-    manager, branch = await record(store, tmp_path / "ws", tmp_path)
+    manager, branch = await record(store, tmp_path)
     conversations = manager.list_conversations()
     await replay(manager.ledger, branch)
     assert manager.list_conversations() == conversations
@@ -107,12 +106,12 @@ async def test_the_pytest_helper_turns_a_recording_into_a_regression_test(
     # The helper finds the recording as a user's test would: by its workspace, and on
     # PostgreSQL by CHATLEDGER_DATABASE_URL (empty names the workspace's SQLite file).
     monkeypatch.setenv(DATABASE_URL_VARIABLE, store.url)
-    manager, branch = await record(store, tmp_path / "ws", tmp_path)
+    manager, branch = await record(store, tmp_path)
     manager.close()
-    report = await assert_replays(tmp_path / "ws", branch)
+    report = await assert_replays(store.workspace, branch)
     assert len(report.turns) == 7
     with pytest.raises(AssertionError, match="no longer replays: Turn 1"):
-        await assert_replays(tmp_path / "ws", branch, system_prompt="Something else.")
+        await assert_replays(store.workspace, branch, system_prompt="Something else.")
 
 
 class FlakyModel:
@@ -143,7 +142,7 @@ async def test_failed_and_interrupted_turns_replay_as_the_same_failures(
     store: Store, tmp_path: Path
 ) -> None:
     model = FlakyModel()
-    manager = store.manager(tmp_path / "ws", system_prompt="You are terse.", api_client=model)
+    manager = store.manager(system_prompt="You are terse.", api_client=model)
     await manager.process_message("Plan a weekend in Lisbon.")
     model.failures.append(ProviderError("400 invalid model", kind="bad_request", retryable=False))
     assert await manager.process_message("Add Sintra.") == (
@@ -190,8 +189,8 @@ async def test_failed_and_interrupted_turns_replay_as_the_same_failures(
     assert [c.failure for c in again] == [c.failure for c in recorded]
 
 
-async def test_an_empty_answer_replays_as_an_empty_answer(store: Store, tmp_path: Path) -> None:
-    manager = store.manager(tmp_path / "ws", api_client=FlakyModel())
+async def test_an_empty_answer_replays_as_an_empty_answer(store: Store) -> None:
+    manager = store.manager(api_client=FlakyModel())
     await manager.process_message("Plan a weekend in Lisbon.")
     # An empty answer is no error, and leaves no assistant message.
     assert await manager.process_message("Anything else?") == ""

@@ -17,18 +17,17 @@ from uuid import UUID
 import orjson
 import pytest
 
-from chatledger.ledger import Ledger
 from domain.events import MessageAppended
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "release-0.1-v1-events.db"
 
 
-def _copy_events_to(store: Store, workspace: Path) -> None:
+def _copy_events_to(store: Store) -> None:
     """The fixture's log, row by row and in its order, into the log table of the store, and
     nothing else: no snapshots, no projections."""
     # chatledger creates its tables itself, on first opening the (empty) store.
-    Ledger(workspace, database_url=store.url).close()
+    store.ledger().close()
     with closing(sqlite3.connect(FIXTURE)) as fixture:
         rows = fixture.execute(
             "SELECT originator_id, originator_version, topic, state FROM stored_events "
@@ -37,7 +36,6 @@ def _copy_events_to(store: Store, workspace: Path) -> None:
     for originator_id, version, topic, state in rows:
         # The log numbers the rows itself (notification_id), in the order inserted.
         store.execute(
-            workspace,
             f"INSERT INTO {store.dialect.events_table} "
             "(originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)",
             UUID(hex=originator_id),
@@ -45,22 +43,22 @@ def _copy_events_to(store: Store, workspace: Path) -> None:
             topic,
             state,
         )
-    assert len(store.rows(workspace, f"SELECT * FROM {store.dialect.events_table}")) == len(rows)
+    assert len(store.rows(f"SELECT * FROM {store.dialect.events_table}")) == len(rows)
     # The projections know nothing of them: their tracked position is still 0, where the
     # empty store left it, so the next opening must catch up from the log.
-    assert store.rows(workspace, "SELECT * FROM conversations") == []
-    assert {p for (p,) in store.rows(workspace, "SELECT position FROM projection_tracking")} == {0}
+    assert store.rows("SELECT * FROM conversations") == []
+    assert {p for (p,) in store.rows("SELECT position FROM projection_tracking")} == {0}
 
 
 @pytest.fixture
-def old_store(store: Store, tmp_path: Path) -> Path:
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
+def old_store(store: Store) -> Store:
+    """The test's store, holding the log release 0.1 wrote (and nothing else)."""
+    store.workspace.mkdir()
     if store.name == "sqlite":
-        shutil.copy(FIXTURE, workspace / "chatledger.db")
+        shutil.copy(FIXTURE, store.workspace / "chatledger.db")
     else:
-        _copy_events_to(store, workspace)
-    return workspace
+        _copy_events_to(store)
+    return store
 
 
 def test_the_fixture_really_holds_version_1_events() -> None:
@@ -74,8 +72,8 @@ def test_the_fixture_really_holds_version_1_events() -> None:
     assert states and all("pinned" in s and "class_version" not in s for s in states)
 
 
-def test_an_old_store_opens_reads_verifies_and_grows(store: Store, old_store: Path) -> None:
-    ledger = store.ledger(old_store)
+def test_an_old_store_opens_reads_verifies_and_grows(old_store: Store) -> None:
+    ledger = old_store.ledger()
     listed = {c["title"]: c for c in ledger.list_conversations()}
     assert set(listed) == {"Written by release 0.1 (MessageAppended v1)", "v1 branch"}
     parent = listed["Written by release 0.1 (MessageAppended v1)"]["id"]
@@ -100,10 +98,8 @@ def test_an_old_store_opens_reads_verifies_and_grows(store: Store, old_store: Pa
     assert ledger.verify().ok
 
 
-async def test_an_old_conversation_continues_through_the_manager(
-    store: Store, old_store: Path
-) -> None:
-    manager = store.manager(old_store)
+async def test_an_old_conversation_continues_through_the_manager(old_store: Store) -> None:
+    manager = old_store.manager()
     parent = next(
         c["id"] for c in manager.list_conversations() if c["title"].startswith("Written by")
     )

@@ -28,7 +28,7 @@ from eventsourcing.domain import Aggregate, event
 from chatledger import StoreError
 from chatledger.ledger import Ledger
 from infrastructure.sqlite_store import DB_FILE
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 SQLITE = ""
 
@@ -100,25 +100,22 @@ def test_stores_of_chatledger_still_open_empty_new_or_written_long_ago(tmp_path:
     ledger.close()
 
 
-def _filled(store: Store, workspace: Path) -> tuple[Ledger, Any]:
-    ledger = store.ledger(workspace)
+def _filled(store: Store) -> tuple[Ledger, Any]:
+    ledger = store.ledger()
     conversation = ledger.start_conversation(title="read me")
     ledger.append_message(conversation, "user", "hello")
     ledger.create_checkpoint(conversation, name="here")
     return ledger, conversation
 
 
-def test_a_read_only_ledger_reads_everything_and_writes_nothing(
-    store: Store, tmp_path: Path
-) -> None:
-    workspace = tmp_path / "ws"
-    writer, conversation = _filled(store, workspace)
+def test_a_read_only_ledger_reads_everything_and_writes_nothing(store: Store) -> None:
+    writer, conversation = _filled(store)
     (checkpoint,) = writer.checkpoints(conversation, "manual")
     listed, history = writer.list_conversations(), writer.history(conversation)
     writer.close()
-    before = _contents(store, workspace)
+    before = _contents(store)
 
-    reader = store.ledger(workspace, read_only=True)
+    reader = store.ledger(read_only=True)
     assert reader.list_conversations() == listed
     assert reader.history(conversation) == history
     assert reader.as_of(conversation, 2) == history
@@ -135,13 +132,13 @@ def test_a_read_only_ledger_reads_everything_and_writes_nothing(
             command()
     reader.close()
 
-    assert _contents(store, workspace) == before
+    assert _contents(store) == before
 
 
-def _contents(store: Store, workspace: Path) -> Any:
+def _contents(store: Store) -> Any:
     if store.name == "sqlite":
-        return files(workspace)
-    return store.schema_tables()
+        return files(store.workspace)
+    return store.tables()
 
 
 @pytest.mark.parametrize("where", ["missing-folder", "empty-folder", "empty-file"])

@@ -17,7 +17,7 @@ from uuid import UUID
 import pytest
 
 from chatledger.ledger import Ledger
-from tests.stores import Store, store_fixture  # noqa: F401
+from tests.stores import Store
 
 NUL = "\x00"
 
@@ -34,10 +34,9 @@ def write_context_file(workspace: Path, name: str, content: str) -> None:
     (folder / name).write_text(content, encoding="utf-8")
 
 
-def test_text_with_nul_comes_back_exactly_from_every_read(store: Store, tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
-    write_context_file(workspace, "notes.txt", text("context file"))
-    ledger = store.ledger(workspace)
+def test_text_with_nul_comes_back_exactly_from_every_read(store: Store) -> None:
+    write_context_file(store.workspace, "notes.txt", text("context file"))
+    ledger = store.ledger()
     conversation = ledger.start_conversation(title=text("title"), system_prompt=text("system"))
     metadata = {text("key"): text("value"), "list": [text("item")]}
     first = ledger.append_message(conversation, "user", text("message"), metadata=metadata)
@@ -89,40 +88,28 @@ def test_text_with_nul_comes_back_exactly_from_every_read(store: Store, tmp_path
     ledger.rebuild_projections()
     assert_reads_give_it_back(ledger)
     # What a new process sees, with nothing held in memory.
-    assert_reads_give_it_back(store.ledger(workspace))
+    assert_reads_give_it_back(store.ledger())
 
 
 def _ids(rows: list[dict[str, Any]]) -> list[UUID]:
     return [UUID(row["id"]) for row in rows]
 
 
-def test_the_manager_keeps_a_nul_in_a_message(store: Store, tmp_path: Path) -> None:
-    manager = store.manager(tmp_path / "ws")
+def test_the_manager_keeps_a_nul_in_a_message(store: Store) -> None:
+    manager = store.manager()
     manager.add_message("user", f"a{NUL}b")
     assert [m["content"] for m in manager.get_history()] == [f"a{NUL}b"]
     conversation = manager.get_conversation_id()
-    reopened = store.manager(tmp_path / "ws")
+    reopened = store.manager()
     assert reopened.load(conversation)
     assert [m["content"] for m in reopened.get_history()] == [f"a{NUL}b"]
 
 
-def _log(store: Store, workspace: Path) -> list[tuple[Any, ...]]:
-    log, number = store.dialect.events_table, store.dialect.notification_column
-    return store.rows(
-        workspace,
-        f"SELECT {number}, originator_id, originator_version, topic, state FROM {log} "
-        f"ORDER BY {number}",
-    )
-
-
-def test_a_projection_failing_mid_append_leaves_the_log_without_the_event(
-    store: Store, tmp_path: Path
-) -> None:
-    workspace = tmp_path / "ws"
-    ledger = store.ledger(workspace)
+def test_a_projection_failing_mid_append_leaves_the_log_without_the_event(store: Store) -> None:
+    ledger = store.ledger()
     conversation = ledger.start_conversation(title="all or nothing")
     ledger.append_message(conversation, "user", "before")
-    log_before = _log(store, workspace)
+    log_before = store.log_rows()
     listed_before = ledger.list_conversations()
 
     project = ledger.store.projector
@@ -139,10 +126,10 @@ def test_a_projection_failing_mid_append_leaves_the_log_without_the_event(
         ledger.append_message(conversation, "user", "lost with its projection")
     ledger.store.projector = project
 
-    assert _log(store, workspace) == log_before, "the event outlived its failed projection"
+    assert store.log_rows() == log_before, "the event outlived its failed projection"
     assert ledger.list_conversations() == listed_before
     assert [m["content"] for m in ledger.history(conversation)] == ["before"]
     ledger.append_message(conversation, "user", "after")
-    reopened = store.ledger(workspace)
+    reopened = store.ledger()
     assert [m["content"] for m in reopened.history(conversation)] == ["before", "after"]
     assert reopened.verify().ok
