@@ -63,7 +63,7 @@ def _read_at_most(path: Path, limit: int, what: str) -> tuple[bytes, os.stat_res
     raise FileInputError(f"Cannot read {what} {path}: {reason}.")
 
 
-def _read_within(path: Path, limit: int, what: str, setting: str) -> tuple[bytes, os.stat_result]:
+def read_within(path: Path, limit: int, what: str, setting: str) -> tuple[bytes, os.stat_result]:
     data, status = _read_at_most(path, limit, what)
     if len(data) > limit:
         raise FileInputError(
@@ -137,7 +137,7 @@ def read_context_file(
         # The first name that exists is the file meant, whatever it is: a device or FIFO is
         # refused as such rather than passed over as "not found".
         if _exists(path, "context file"):
-            data, status = _read_within(path, max_bytes, "context file", "max_context_file_bytes")
+            data, status = read_within(path, max_bytes, "context file", "max_context_file_bytes")
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -179,7 +179,7 @@ def list_context_files(workspace: Path) -> list[dict[str, object]]:
 def read_image(path: str | os.PathLike[str], max_bytes: int) -> ImagePart:
     """Reads an image file, checks that Pillow can decode it safely, and describes it."""
     file = _file_name(os.fsdecode(path))
-    data, _ = _read_within(file, max_bytes, "image", "max_image_bytes")
+    data, _ = read_within(file, max_bytes, "image", "max_image_bytes")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()

@@ -28,10 +28,14 @@ from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 
 from domain.errors import FileInputError, InvalidInput, StoreError
 from domain.hashing import GENESIS_HASH, event_hash
+from infrastructure.files import read_within
 from infrastructure.mapping import event_document
 
 _SCAN_BATCH = 5000
 
+#: Largest anchor file read: about 150 bytes per anchored conversation, so room for ~400,000;
+#: a device or a runaway file is refused instead of read until memory runs out.
+MAX_ANCHOR_BYTES = 64 * 1024 * 1024
 #: The "format" field of an anchor document, and the only version of it there is so far.
 ANCHOR_FORMAT = "chatledger-anchor"
 ANCHOR_VERSION = 1
@@ -163,10 +167,9 @@ def load_anchor(source: AnchorSource) -> Anchor:
 
 def read_anchor(path: Path) -> Anchor:
     try:
-        data = path.expanduser().read_bytes()
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise FileInputError(f"Cannot read anchor file {path}: {reason}.") from None
+        data, _ = read_within(
+            path.expanduser(), MAX_ANCHOR_BYTES, "anchor file", "MAX_ANCHOR_BYTES"
+        )
     except (ValueError, RuntimeError) as error:  # a NUL in the name, "~nosuchuser", ...
         raise FileInputError(f"Cannot read anchor file {path!r}: {error}.") from None
     try:
