@@ -17,6 +17,7 @@ from chatledger.errors import (
 from chatledger.ledger import Ledger
 from chatledger.manager import ConversationManager
 from chatledger.message import Message
+from chatledger.turns import RetryPolicy, TurnAnswer, TurnFailure
 from domain.checkpoints import CheckpointConfig, CheckpointType
 
 __all__ = [
@@ -34,7 +35,10 @@ __all__ = [
     "Message",
     "NotFound",
     "NothingToCheckpoint",
+    "RetryPolicy",
     "SnapshotNotFound",
     "StoreError",
+    "TurnAnswer",
+    "TurnFailure",
     "WorkspaceError",
 ]

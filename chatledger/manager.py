@@ -2,44 +2,62 @@
 
 Where Penguin's API returns False/None for a documented failure, the wrapper here catches the
 typed error raised by the Ledger method it wraps; everything else propagates as a typed
-ChatledgerError."""
+ChatledgerError. A model turn is chatledger.turns' operation: `take_turn` gives its typed
+outcome, `process_message` Penguin's string.
+
+A little over 400 lines, kept whole: Penguin's API is some thirty public methods, each a few
+lines over the Ledger, plus the checks of Penguin's loosely typed model_config."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Callable
 from os import PathLike
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from chatledger.ledger import DEFAULT_MAX_MESSAGE_BYTES, Ledger, PreparedTurn, content_parts
+from chatledger.inputs import DEFAULT_MAX_MESSAGE_BYTES, content_parts
+from chatledger.ledger import Ledger
 from chatledger.message import Message
 from chatledger.provider_selection import config_value, select_provider
-from chatledger.providers import ChunkCallback, ModelReply, Provider, ProviderError, deliver
+from chatledger.turn_records import PreparedTurn
+from chatledger.turns import MAX_RETRY_WAIT, RetryPolicy, TurnAnswer, TurnFailure
 from domain.checkpoints import CheckpointConfig, CheckpointType
 from domain.context_window import ContextItem, WindowConfig, fits_system
 from domain.errors import FileInputError, InvalidInput, NotFound, NothingToCheckpoint
 from domain.messages import Category
 from infrastructure.files import DEFAULT_MAX_IMAGE_BYTES, list_context_files
+from infrastructure.providers.port import ChunkCallback, Provider
 from infrastructure.token_counting import context_window_for, tokenizer_for
-
-#: Longest wait between two attempts of a model call, whatever the server asks.
-MAX_RETRY_WAIT = 30.0
-#: What can stop a turn from outside, and how its record says so.
-_STOPS: dict[type[BaseException], str] = {
-    KeyboardInterrupt: "interrupted by KeyboardInterrupt (Ctrl-C)",
-    asyncio.CancelledError: "cancelled: the task awaiting the answer was cancelled",
-    GeneratorExit: "the stream's consumer stopped reading",
-}
 
 
 def failure_answer(message: str) -> str:
     """What process_message returns, by Penguin's contract, when the model call failed."""
     return f"Error processing message: {message}"
+
+
+def penguin_answer(outcome: TurnAnswer | TurnFailure) -> str:
+    """A turn's outcome as Penguin's process_message returns it."""
+    if isinstance(outcome, TurnFailure):
+        return failure_answer(outcome.error)
+    return outcome.text
+
+
+async def _penguin_stream(
+    stream: AsyncGenerator[str | TurnAnswer | TurnFailure, None],
+) -> AsyncGenerator[str, None]:
+    """A turn's stream as Penguin's: the chunks, then a failure's error text."""
+    try:
+        async for item in stream:
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, TurnFailure):
+                yield penguin_answer(item)
+    finally:
+        # Closed here, not left to the event loop, so a reader that stops early has the
+        # turn recorded as cancelled by the time its aclose() returns.
+        await stream.aclose()
 
 
 def _config_text(model_config: Any, name: str) -> str | None:
@@ -66,10 +84,6 @@ def _config_number(model_config: Any, kind: type[int] | type[float], *names: str
             f"{str(value)[:50]!r}."
         ) from None
     return number
-
-
-async def _single_chunk(text: str) -> AsyncGenerator[str, None]:
-    yield text
 
 
 class ConversationManager:
@@ -132,9 +146,11 @@ class ConversationManager:
             self.api_client = api_client
             self.provider: Provider = select_provider(model_config, api_client)
             #: Attempts per model call, and the first backoff in seconds (doubling).
-            self.max_attempts = _config_number(model_config, int, "max_attempts") or 3
-            self.retry_backoff = _config_number(model_config, float, "retry_backoff") or 0.5
-            if self.max_attempts < 1 or not 0 <= self.retry_backoff <= MAX_RETRY_WAIT:
+            self.retry = RetryPolicy(
+                _config_number(model_config, int, "max_attempts") or 3,
+                _config_number(model_config, float, "retry_backoff") or 0.5,
+            )
+            if self.retry.max_attempts < 1 or not 0 <= self.retry.backoff <= MAX_RETRY_WAIT:
                 raise InvalidInput(
                     "model_config max_attempts must be at least 1, and retry_backoff between 0 "
                     f"and {MAX_RETRY_WAIT} seconds."
@@ -157,9 +173,14 @@ class ConversationManager:
     def get_conversation_id(self) -> str:
         return str(self.active_id)
 
+    def activate(self, conversation_id: str | UUID) -> UUID:
+        """Makes a conversation the active one (ConversationNotFound if there is none)."""
+        self._active = self.ledger.conversation(conversation_id).id
+        return self._active
+
     def load(self, conversation_id: str) -> bool:
         try:
-            self._active = self.ledger.conversation(conversation_id).id
+            self.activate(conversation_id)
         except NotFound:
             return False
         return True
@@ -222,14 +243,60 @@ class ConversationManager:
         *,
         idempotency_key: str | None = None,
     ) -> str | AsyncGenerator[str, None]:
-        """One turn. Bad input raises a typed error before anything is written; a failing
-        model call does not raise: it returns "Error processing message: ...", keeps the user
-        message, records the failure and takes an emergency checkpoint. A turn stopped by its
-        caller (Ctrl-C, task cancellation, a stream no longer read) is recorded as cancelled
-        and the stop propagates. A turn repeated with an `idempotency_key` already answered
-        returns the recorded answer without a call; the key reused for a different request
-        raises IdempotencyConflict."""
-        # The conversation named becomes the active one once its turn is accepted.
+        """One turn, as Penguin's API gives it: the answer's text, or for a failed model call
+        "Error processing message: ..." (the failure is recorded and an emergency checkpoint
+        taken; it does not raise). Streaming without a callback returns an async generator of
+        the chunks. See `take_turn` for the rest, and for the typed outcome."""
+        if streaming and stream_callback is not None and not callable(stream_callback):
+            # A caller's mistake, not a failed model call to record.
+            kind = type(stream_callback).__name__
+            raise InvalidInput(f"stream_callback must be a function, not {kind}.")
+        if streaming and stream_callback is None:
+            turn = self._prepare(
+                message, conversation_id, image_path, context_files, idempotency_key
+            )
+            return _penguin_stream(self.ledger.turns.stream(turn, self.provider, retry=self.retry))
+        outcome = await self.take_turn(
+            message,
+            conversation_id=conversation_id,
+            image_path=image_path,
+            on_chunk=stream_callback if streaming else None,
+            context_files=context_files,
+            idempotency_key=idempotency_key,
+        )
+        return penguin_answer(outcome)
+
+    async def take_turn(
+        self,
+        message: Any,
+        *,
+        conversation_id: str | UUID | None = None,
+        image_path: str | Path | list[str | Path] | None = None,
+        on_chunk: ChunkCallback | None = None,
+        context_files: list[str | Path] | None = None,
+        idempotency_key: str | None = None,
+    ) -> TurnAnswer | TurnFailure:
+        """One turn on the active conversation (or the one named, which becomes active once
+        its turn is accepted), answered by this manager's provider: a TurnAnswer, or a
+        TurnFailure for a failed model call. Bad input raises a typed error before anything is
+        written. A turn stopped by its caller (Ctrl-C, task cancellation) is recorded as
+        cancelled and the stop propagates. A turn repeated with an `idempotency_key` already
+        answered returns the recorded answer without a call; the key reused for a different
+        request raises IdempotencyConflict. `on_chunk` (plain or async) gets each chunk."""
+        turn = self._prepare(message, conversation_id, image_path, context_files, idempotency_key)
+        return await self.ledger.turns.answer(
+            turn, self.provider, on_chunk=on_chunk, retry=self.retry
+        )
+
+    def _prepare(
+        self,
+        message: Any,
+        conversation_id: str | UUID | None,
+        image_path: str | Path | list[str | Path] | None,
+        context_files: list[str | Path] | None,
+        idempotency_key: str | None,
+    ) -> PreparedTurn:
+        """The user's side of a turn, written; the conversation becomes the active one."""
         target = (
             self.active_id
             if conversation_id is None
@@ -247,16 +314,7 @@ class ConversationManager:
             idempotency_key=idempotency_key,
         )
         self._active = target
-        if turn.recorded_answer is not None:
-            return self._replayed(turn.recorded_answer, streaming, stream_callback)
-        if streaming and stream_callback is None:
-            return self._stream_turn(turn)
-        streamed: list[str] = []
-        with self._stop_recorded(turn, streamed):
-            answer = await self._answer(
-                turn, self._call(turn, stream_callback if streaming else None, streamed)
-            )
-        return answer if isinstance(answer, str) else answer.text
+        return turn
 
     def _parameters(self) -> dict[str, Any]:
         parameters = {
@@ -264,116 +322,6 @@ class ConversationManager:
             "temperature": config_value(self.model_config, "temperature"),
         }
         return {key: value for key, value in parameters.items() if value is not None}
-
-    async def _call(
-        self, turn: PreparedTurn, on_chunk: ChunkCallback | None, streamed: list[str]
-    ) -> tuple[ModelReply, int, float]:
-        """The provider call, retried with backoff while retrying is right: a retryable
-        error (timeout, 429, 5xx) before any chunk reached the caller. Each chunk is added to
-        `streamed` before it is passed on."""
-        assert turn.request is not None
-        parameters = self._parameters()
-
-        async def relay(chunk: str) -> None:
-            streamed.append(chunk)
-            if on_chunk is not None:
-                await deliver(on_chunk, chunk)
-
-        for attempt in range(1, self.max_attempts + 1):
-            started = time.perf_counter()
-            try:
-                reply = await self.provider.complete(
-                    turn.request.messages,
-                    max_tokens=parameters.get("max_tokens"),
-                    temperature=parameters.get("temperature"),
-                    on_chunk=relay if on_chunk is not None else None,
-                )
-            except ProviderError as error:
-                error.attempts = attempt  # type: ignore[attr-defined]
-                if not error.retryable or streamed or attempt == self.max_attempts:
-                    raise
-                backoff = self.retry_backoff * 2 ** (attempt - 1)
-                await asyncio.sleep(min(error.retry_after or backoff, MAX_RETRY_WAIT))
-                continue
-            return reply, attempt, (time.perf_counter() - started) * 1000
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _stream_turn(self, turn: PreparedTurn) -> AsyncGenerator[str, None]:
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        streamed: list[str] = []
-        call = asyncio.ensure_future(self._call(turn, queue.put_nowait, streamed))
-        call.add_done_callback(lambda _: queue.put_nowait(None))
-        try:
-            # The outcome is settled only once the reader has had every chunk: one that stops
-            # reading early cancels the turn, even if the model had already finished.
-            with self._stop_recorded(turn, streamed):
-                while (chunk := await queue.get()) is not None:
-                    yield chunk
-                answer = await self._answer(turn, call)
-        finally:
-            call.cancel()
-        if isinstance(answer, str):
-            yield answer
-
-    async def _answer(
-        self, turn: PreparedTurn, call: Awaitable[tuple[ModelReply, int, float]]
-    ) -> ModelReply | str:
-        """Awaits the call and puts its outcome on record: the reply, or for a failed call
-        Penguin's error text (stops pass through, see _stop_recorded)."""
-        try:
-            reply, attempts, latency = await call
-        except Exception as error:
-            return self._failed(turn, error)
-        self.ledger.record_reply(
-            turn.conversation_id, turn.call_id, reply, latency_ms=latency, attempts=attempts
-        )
-        return reply
-
-    @contextmanager
-    def _stop_recorded(self, turn: PreparedTurn, streamed: list[str]) -> Iterator[None]:
-        """A turn stopped by its caller (Ctrl-C, a cancelled task, a stream reader that stops
-        reading) is recorded as a cancelled call with the text streamed so far; the stop goes
-        on to the caller, whose decision it was."""
-        try:
-            yield
-        except tuple(_STOPS) as stop:
-            # These rarely carry a message: the record says what stopped the call instead.
-            stopped_by, reason = next(
-                (kind, reason) for kind, reason in _STOPS.items() if isinstance(stop, kind)
-            )
-            self.ledger.record_model_failure(
-                turn.conversation_id,
-                stopped_by(reason),
-                "".join(streamed),
-                call_id=turn.call_id,
-                kind="cancelled",
-            )
-            raise
-
-    def _failed(self, turn: PreparedTurn, error: Exception) -> str:
-        self.ledger.record_model_failure(
-            turn.conversation_id,
-            error,
-            getattr(error, "partial_text", ""),
-            call_id=turn.call_id,
-            kind=getattr(error, "kind", "error"),
-            attempts=getattr(error, "attempts", 1),
-        )
-        return failure_answer(str(error))
-
-    def _replayed(
-        self, answer: dict[str, Any], streaming: bool, callback: Callable[[str], Any] | None
-    ) -> str | AsyncGenerator[str, None]:
-        text = (
-            answer["content"]
-            if isinstance(answer["content"], str)
-            else "".join(part.get("text", "") for part in answer["content"])
-        )
-        if streaming and callback is None:
-            return _single_chunk(text)
-        if streaming and callback is not None:
-            callback(text)
-        return text
 
     # -- checkpoints, branches, snapshots --------------------------------------------------
     async def create_manual_checkpoint(

@@ -12,6 +12,7 @@ import hashlib
 from collections import ChainMap
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -219,8 +220,9 @@ class ModelRequest:
     #: Each message's canonical bytes, when the builder had them already.
     encoded: list[bytes] | None = None
 
-    @property
+    @cached_property
     def hash(self) -> str:
+        """Computed once: a turn needs it for its record and for its outcome."""
         if self.encoded is None:
             return request_hash(self.messages)
         return _hash_of(self.encoded)

@@ -52,6 +52,12 @@ def _base_url(value: Any) -> str | None:
 def select_provider(model_config: Any, api_client: Any) -> Provider:
     if api_client is not None:
         if callable(getattr(api_client, "complete", None)):
+            # Every call is recorded under the provider's name and model.
+            if not all(isinstance(getattr(api_client, a, None), str) for a in ("name", "model")):
+                raise InvalidInput(
+                    "An api_client with complete(...) is a chatledger provider: it also needs "
+                    "the text attributes name and model."
+                )
             provider: Provider = api_client
             return provider
         if callable(getattr(api_client, "get_response", None)):

@@ -13,21 +13,21 @@ from typing import Any
 from uuid import UUID
 
 from chatledger.ledger import Ledger
-from chatledger.manager import ConversationManager, failure_answer
+from chatledger.manager import ConversationManager, failure_answer, penguin_answer
 from chatledger.model_context import request_hash
-from chatledger.providers import (
-    ChunkCallback,
-    ModelReply,
-    Provider,
-    ProviderError,
-    ToolCall,
-    deliver,
-)
+from chatledger.turns import TurnAnswer, TurnFailure, reply_of
 from domain.checkpoints import CheckpointConfig
 from domain.errors import ChatledgerError, InvalidInput, StoreError
 from domain.events import ModelCalled, ModelCallFailed, ModelResponded
 from domain.manifests import ManifestRecord, resolve
 from domain.view import Segment
+from infrastructure.providers.port import (
+    ChunkCallback,
+    ModelReply,
+    Provider,
+    ProviderError,
+    deliver,
+)
 
 
 class ReplayMismatch(ChatledgerError):
@@ -116,7 +116,7 @@ def recorded_calls(ledger: Ledger, conversation_id: str | UUID) -> list[Recorded
                 message_ids=message_ids,
                 parameters=doc.get("parameters", {}),
                 # An answer with no text nor tool calls became no message.
-                reply=_reply_of(answer)
+                reply=reply_of(answer)
                 if answer
                 else (ModelReply("") if doc["call_id"] in answers else None),
                 failure=failures.get(doc["call_id"]),
@@ -138,17 +138,16 @@ def _sent_ids(ledger: Ledger, segments: Sequence[Segment]) -> dict[str, tuple[st
     return dict(zip((doc["call_id"] for doc in made), sent, strict=True))
 
 
-def _reply_of(row: dict[str, Any]) -> ModelReply:
-    content = row["content"]
-    if isinstance(content, str):
-        return ModelReply(content)
-    text = "".join(part["text"] for part in content if part["type"] == "text")
-    calls = tuple(
-        ToolCall(part["call_id"], part["name"], part["arguments"])
-        for part in content
-        if part["type"] == "tool_call"
-    )
-    return ModelReply(text, calls)
+def _as_recorded(
+    outcome: TurnAnswer | TurnFailure,
+) -> tuple[ModelReply | None, RecordedFailure | None]:
+    """A turn's outcome as the record keeps it (and recorded_calls reads it back): a reply's
+    text only when it is not blank, and its tool calls; a failure's kind, message and
+    partial text."""
+    if isinstance(outcome, TurnFailure):
+        return None, RecordedFailure(outcome.kind, outcome.error, outcome.partial_text)
+    reply = outcome.reply
+    return ModelReply(reply.text if reply.text.strip() else "", reply.tool_calls), None
 
 
 def _summary(message: dict[str, Any] | None) -> str:
@@ -280,17 +279,19 @@ async def replay(
                 manager.add_message(row["role"], row["content"], row["category"], row["metadata"])
                 continue
             text, images = _turn_input(row)
-            answer = await manager.process_message(text, image_path=list(images))
-            made = recorded_calls(manager.ledger, manager.get_conversation_id())[-1]
-            if made.failure is not None and made.failure != call.failure:
-                raise ReplayMismatch(f"Turn {call.turn}: {answer}")
+            outcome = await manager.take_turn(text, image_path=list(images))
+            reply, failure = _as_recorded(outcome)
+            if isinstance(outcome, TurnFailure) and failure != call.failure:
+                if isinstance(outcome.exception, ReplayMismatch):
+                    raise outcome.exception
+                raise ReplayMismatch(f"Turn {call.turn}: {penguin_answer(outcome)}")
             report.turns.append(
                 TurnResult(
                     call.turn,
-                    made.request_hash == call.request_hash,
-                    (made.reply, made.failure) == (call.reply, call.failure),
+                    outcome.request_hash == call.request_hash,
+                    (reply, failure) == (call.reply, call.failure),
                     call.answer,
-                    str(answer),
+                    penguin_answer(outcome),
                 )
             )
             if on_turn is not None:

@@ -1,7 +1,7 @@
 """Context window policy: which messages of the current session go to the model. A pure policy.
 
-Rules (DESIGN §5)
------------------
+Rules (docs/architecture.md §5)
+-------------------------------
 * The usable window is ``int(context_window * usable_share)`` (0.85 by default).
 * Every category has a budget, a fraction of the usable window (defaults SYSTEM 10 %, CONTEXT
   30 %, DIALOG 40 %, SYSTEM_OUTPUT 20 %, ERROR 5 %). Categories that need less than their share

@@ -1,23 +1,75 @@
 """The Conversation aggregate: the write model.
 
 It holds only what its invariants need (the view's segments and counts, the session, the chain
-tip), never message bodies, so loading it costs the same at 10 and at 100k messages."""
+tip), never message bodies, so loading it costs the same at 10 and at 100k messages.
+
+It decides as well as records: given plain settings (`MessageRules`, `CheckpointConfig`) its
+commands start a new session when one is full, take the auto checkpoint that is due and the
+emergency checkpoint after a failed call, and refuse a checkpoint of nothing, the way the
+eventsourcing examples' aggregates apply their `check_*` rules. Fresh ids and a session
+marker's token count come from the command's `Mint`, asked only for what is decided.
+
+Over 400 lines, and kept whole: one aggregate and the plain inputs its commands take; most of
+the length is the keyword arguments each event records. Its snapshot is in
+conversation_snapshot.py."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from uuid import UUID
 
-from eventsourcing.domain import BaseAggregate, CanSnapshotAggregate
-from eventsourcing.utils import get_topic, register_topic, resolve_topic
+from eventsourcing.domain import BaseAggregate
+from eventsourcing.utils import register_topic
 
 from domain import events
-from domain.checkpoints import CheckpointType
-from domain.errors import InvalidInput
+from domain.checkpoints import CheckpointConfig, CheckpointType, auto_checkpoint_due
+from domain.conversation_snapshot import ConversationSnapshot
+from domain.errors import InvalidInput, NothingToCheckpoint
 from domain.manifests import ManifestRecord
-from domain.messages import Category, ContentPart, Immutable, Role
+from domain.messages import DEFAULT_CATEGORY, Category, ContentPart, Role
 from domain.view import ViewState
+
+
+class Mint(Protocol):
+    """What a command mints for the events the aggregate decides to record: fresh ids, and
+    the token count of a session marker's text by the application's tokenizer (which the
+    domain does not hold). Asked only for what is decided, so a message that starts no
+    session costs no marker count."""
+
+    @property
+    def encoding(self) -> str:
+        """The tokenizer's encoding, recorded with every token count."""
+        ...
+
+    def new_id(self, prefix: str) -> str: ...
+
+    def system_tokens(self, text: str) -> int:
+        """What a SYSTEM message with this text costs in the model's context."""
+        ...
+
+
+@dataclass(frozen=True)
+class MessageRules:
+    """The settings each new message is held to: when a session is full, and when an auto
+    checkpoint is due."""
+
+    max_messages_per_session: int
+    checkpoints: CheckpointConfig
+
+
+@dataclass(frozen=True)
+class AddedMessage:
+    """What `Conversation.add_message` recorded: the message's event, and the auto checkpoint
+    taken after it, if one was due."""
+
+    event: events.MessageAppended
+    auto_checkpoint_id: str | None
+
+
+#: Why a session rolled over, as its SessionStarted records it.
+SESSION_FULL = "max_messages_per_session reached"
 
 
 class Conversation(BaseAggregate[UUID]):
@@ -66,6 +118,68 @@ class Conversation(BaseAggregate[UUID]):
 
     def session_is_full(self, max_messages_per_session: int) -> bool:
         return self.view.session.message_count >= max_messages_per_session
+
+    def add_message(
+        self,
+        *,
+        role: Role,
+        category: Category | None,
+        parts: tuple[ContentPart, ...],
+        tokens: int,
+        metadata: dict[str, Any],
+        timestamp: datetime,
+        rules: MessageRules,
+        mint: Mint,
+    ) -> AddedMessage:
+        """A message with what the rules make it bring: a new session first when the current
+        one is full (the message is the new session's first), and an auto checkpoint after it
+        when one is due."""
+        if self.session_is_full(rules.max_messages_per_session):
+            self.roll_over_session(SESSION_FULL, timestamp, mint)
+        message_id = mint.new_id("msg")
+        self.append_message(
+            message_id=message_id,
+            role=role,
+            category=category or DEFAULT_CATEGORY[role],
+            parts=parts,
+            tokens=tokens,
+            encoding=mint.encoding,
+            timestamp=timestamp,
+            metadata=metadata,
+        )
+        event = self.pending_events[-1]
+        assert isinstance(event, events.MessageAppended)
+        checkpoint_id = None
+        if auto_checkpoint_due(rules.checkpoints, self.view.eligible_since_auto_checkpoint):
+            checkpoint_id = mint.new_id("cp")
+            self.create_checkpoint(
+                checkpoint_id=checkpoint_id,
+                checkpoint_type=CheckpointType.AUTO,
+                timestamp=timestamp,
+            )
+        return AddedMessage(event, checkpoint_id)
+
+    def next_session_marker(self) -> str:
+        """The text of the marker that opens the session after this one."""
+        previous = self.view.session
+        # No ids in the text: a replay elsewhere must send the very same request.
+        return (
+            f"[Session {previous.number + 1} continues this conversation after session "
+            f"{previous.number} ({previous.message_count} messages).]"
+        )
+
+    def roll_over_session(self, reason: str, timestamp: datetime, mint: Mint) -> None:
+        """Starts the next session, opened by its marker."""
+        marker = self.next_session_marker()
+        self.start_session(
+            session_id=mint.new_id("sess"),
+            reason=reason,
+            marker_message_id=mint.new_id("msg"),
+            marker_text=marker,
+            marker_tokens=mint.system_tokens(marker),
+            encoding=mint.encoding,
+            timestamp=timestamp,
+        )
 
     def append_message(
         self,
@@ -141,6 +255,14 @@ class Conversation(BaseAggregate[UUID]):
             timestamp=timestamp,
         )
         return self.version
+
+    def check_something_to_checkpoint(self) -> None:
+        """A checkpoint someone asks for needs something to go back to."""
+        if self.view.only_system_messages:
+            raise NothingToCheckpoint(
+                f"Conversation {self.id} has nothing to checkpoint yet: it holds no messages "
+                "besides its system prompt. Add a message or context first."
+            )
 
     def prune_checkpoints(
         self, checkpoint_ids: tuple[str, ...], reason: str, timestamp: datetime
@@ -331,6 +453,23 @@ class Conversation(BaseAggregate[UUID]):
             timestamp=timestamp,
         )
 
+    def take_emergency_checkpoint(
+        self, *, description: str, timestamp: datetime, checkpoints: CheckpointConfig, mint: Mint
+    ) -> str | None:
+        """After a failed model call, a checkpoint to come back to while checkpoints are on;
+        returns its id (None when they are off)."""
+        if not checkpoints.enabled:
+            return None
+        checkpoint_id = mint.new_id("cp")
+        self.create_checkpoint(
+            checkpoint_id=checkpoint_id,
+            checkpoint_type=CheckpointType.EMERGENCY,
+            name="Model call failed",
+            description=description[:200],
+            timestamp=timestamp,
+        )
+        return checkpoint_id
+
     def record_model_response(
         self,
         *,
@@ -356,62 +495,5 @@ class Conversation(BaseAggregate[UUID]):
         )
 
 
-class ConversationSnapshot(Immutable, CanSnapshotAggregate[UUID]):
-    """The aggregate's whole state at a version, so loads replay only the events after it."""
-
-    TOPIC: ClassVar[str] = "chatledger:ConversationSnapshot"
-
-    originator_id: UUID
-    originator_version: int
-    timestamp: datetime
-    topic: str
-    state: ConversationState
-
-    @classmethod
-    def take(cls, aggregate: Any) -> ConversationSnapshot:
-        return cls(
-            originator_id=aggregate.id,
-            originator_version=aggregate.version,
-            timestamp=cls.create_timestamp(),
-            topic=get_topic(type(aggregate)),
-            state=ConversationState(
-                created_on=aggregate.created_on,
-                modified_on=aggregate.modified_on,
-                view=aggregate.view,
-                chain_tip=aggregate.chain_tip,
-                title=aggregate.title,
-                parent=aggregate.parent,
-                live_auto_checkpoints=aggregate.live_auto_checkpoints,
-                auto_checkpoints_taken=aggregate.auto_checkpoints_taken,
-            ),
-        )
-
-    def mutate(self, _: None) -> Conversation:
-        aggregate: Conversation = object.__new__(resolve_topic(self.topic))
-        state = self.state
-        aggregate.__base_init__(self.originator_id, self.originator_version, state.created_on)
-        aggregate.modified_on = state.modified_on
-        aggregate.view = state.view
-        aggregate.chain_tip = state.chain_tip
-        aggregate.title = state.title
-        aggregate.parent = state.parent
-        aggregate.live_auto_checkpoints = state.live_auto_checkpoints
-        aggregate.auto_checkpoints_taken = state.auto_checkpoints_taken
-        return aggregate
-
-
-class ConversationState(Immutable):
-    created_on: datetime
-    modified_on: datetime
-    view: ViewState
-    chain_tip: str
-    title: str | None
-    parent: events.ForkPoint | None
-    live_auto_checkpoints: int
-    auto_checkpoints_taken: int
-
-
-ConversationSnapshot.model_rebuild()
 Conversation.Snapshot = ConversationSnapshot  # type: ignore[attr-defined]
 register_topic(Conversation.TOPIC, Conversation)
-register_topic(ConversationSnapshot.TOPIC, ConversationSnapshot)

@@ -1,8 +1,8 @@
 """Checkpoint retention: which auto checkpoints leave the index. A pure policy.
 
-Rules (DESIGN §2): only auto checkpoints are ever pruned; those older than `max_age_days` go;
-within `keep_all_hours` all stay; in between, every `keep_every_nth` stays; and at most
-`max_auto_checkpoints` stay (the oldest go first)."""
+Rules (docs/architecture.md §6): only auto checkpoints are ever pruned; those older than
+`max_age_days` go; within `keep_all_hours` all stay; in between, every `keep_every_nth` stays;
+and at most `max_auto_checkpoints` stay (the oldest go first)."""
 
 from __future__ import annotations
 

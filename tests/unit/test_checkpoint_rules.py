@@ -1,5 +1,5 @@
 """Checkpoint retention at its boundaries, custom retention policies, the configuration's
-defaults, and conversation titles with real ids (DESIGN §2)."""
+defaults (docs/architecture.md §6), and conversation titles with real ids (domain/titles.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The context window policy, one small story per rule (DESIGN §5)."""
+"""The context window policy, one small story per rule (docs/architecture.md §5)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""More stories of the context window policy (DESIGN §5, domain/context_window.py): windows
-filled exactly, images given back after trimming and where that stops, the SYSTEM check
-with images, exact budgets after lending, tool exchanges tied by reused ids, and the exact
-messages of refused input."""
+"""More stories of the context window policy (docs/architecture.md §5,
+domain/context_window.py): windows filled exactly, images given back after trimming and where
+that stops, the SYSTEM check with images, exact budgets after lending, tool exchanges tied by
+reused ids, and the exact messages of refused input."""
 
 from __future__ import annotations
 
