@@ -14,6 +14,7 @@ from domain.errors import (
     StoreError,
     WorkspaceError,
 )
+from infrastructure.providers.port import ProviderError
 
 __all__ = [
     "ChatledgerError",
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "NothingToCheckpoint",
+    "ProviderError",
     "SnapshotNotFound",
     "StoreError",
     "WorkspaceError",

@@ -1,5 +1,8 @@
 """Context window policy: which messages of the current session go to the model. A pure policy.
 
+Over 400 lines, kept whole: one policy (budgets, lending, units, trimming order, image
+replacement) whose rules interlock; split, each half would need the other's internals.
+
 Rules (docs/architecture.md §5)
 -------------------------------
 * The usable window is ``int(context_window * usable_share)`` (0.85 by default).

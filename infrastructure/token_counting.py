@@ -10,6 +10,9 @@
 Nothing here touches the network, and nothing loads a BPE file until the first count: a
 tiktoken encoding takes a few hundred ms to build, and most commands (listing, reading
 history) never count anything.
+
+Over 400 lines, kept whole: the tables (encodings, chat overheads, context windows, image
+formulas) are data for one job, and the tokenizer classes read all of them.
 """
 
 from __future__ import annotations

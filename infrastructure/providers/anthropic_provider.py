@@ -1,5 +1,8 @@
 """Anthropic's Messages API as a chatledger Provider, through the official `anthropic` SDK.
 
+Over 400 lines, kept whole: one adapter, most of it the request mapping below and the
+mapping of the SDK's errors and stream events, which only make sense side by side.
+
 What the adapter does with chatledger's request (role/content messages, image parts by path):
 
 - Every `system` message, in order, goes to the top-level `system` field as one text block
