@@ -9,10 +9,8 @@ never a traceback."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import shutil
 import sqlite3
 import subprocess
@@ -20,15 +18,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from eventsourcing.application import Application
-from eventsourcing.domain import Aggregate, event
 
 from chatledger.ledger import Ledger
 from infrastructure.sqlite_store import DB_FILE, WRITER_LOCK_FILE
 from infrastructure.stores import DATABASE_URL_VARIABLE
+from tests.damaged_stores import another_eventsourcing_application, damage_pages_of, files
 from tests.e2e.harness import EXECUTABLE, UNKNOWN_ID, Result, chatledger, invoke
 
 pytestmark = pytest.mark.skipif(
@@ -59,16 +55,6 @@ def one_error_line(result: Result, *fragments: str) -> str:
     return lines[0]
 
 
-def files(folder: Path) -> dict[str, str]:
-    """Every file in the folder and a digest of it, SQLite's -wal/-shm side files aside
-    (any reader of a WAL database may leave them)."""
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.iterdir())
-        if not p.name.endswith(("-wal", "-shm"))
-    }
-
-
 def filled_store(workspace: Path) -> str:
     ledger = Ledger(workspace, database_url="")
     conversation = ledger.start_conversation(title="read me")
@@ -93,23 +79,11 @@ def test_reading_commands_leave_the_store_and_its_folder_as_they_were(tmp_path: 
     assert files(workspace) == before
 
 
-class Dog(Aggregate):
-    @event("Registered")
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 def test_another_eventsourcing_applications_file_is_refused_by_every_command(
     tmp_path: Path,
 ) -> None:
     workspace = tmp_path / "ws"
-    workspace.mkdir()
-    path = workspace / DB_FILE
-    application: Application[Any] = Application(
-        env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)}
-    )
-    application.save(Dog(name="Fido"))
-    application.close()
+    path = another_eventsourcing_application(workspace)
     before = files(workspace)
 
     for command in [*reading_commands(UNKNOWN_ID), ["rebuild"], ["demo"]]:
@@ -124,22 +98,6 @@ def test_another_eventsourcing_applications_file_is_refused_by_every_command(
 
 
 # -- damage in the middle of the file ----------------------------------------------------------
-def damage(path: Path, table: str) -> None:
-    """Overwrites every page of the table, never the file's first page, with garbage."""
-    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-        try:
-            pages = db.execute("SELECT pageno FROM dbstat WHERE name=?", (table,)).fetchall()
-        except sqlite3.OperationalError:
-            pytest.skip("this SQLite has no dbstat table to locate a table's pages")
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    assert pages and all(page > 1 for (page,) in pages), pages
-    garbage = random.Random(11)
-    with path.open("r+b") as file:
-        for (page,) in pages:
-            file.seek((page - 1) * page_size)
-            file.write(garbage.randbytes(page_size))
-
-
 @pytest.mark.parametrize("table", ["stored_events", "conversations", "checkpoints"])
 def test_damage_in_the_middle_of_the_file_is_one_error_line_naming_it(
     tmp_path: Path, table: str
@@ -147,7 +105,7 @@ def test_damage_in_the_middle_of_the_file_is_one_error_line_naming_it(
     workspace = tmp_path / "ws"
     conversation = filled_store(workspace)
     path = workspace / DB_FILE
-    damage(path, table)
+    damage_pages_of(path, table, seed=11)
 
     refused = []
     for command in [*reading_commands(conversation), ["rebuild"]]:
@@ -162,7 +120,7 @@ def test_damage_in_a_real_process_is_one_error_line_on_stderr(tmp_path: Path) ->
     workspace = tmp_path / "ws"
     conversation = filled_store(workspace)
     path = workspace / DB_FILE
-    damage(path, "stored_events")
+    damage_pages_of(path, "stored_events", seed=11)
 
     result = chatledger("show", conversation, "-w", workspace, env={DATABASE_URL_VARIABLE: ""})
 

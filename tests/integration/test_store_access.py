@@ -12,58 +12,20 @@ The SQLite file is what these are about; the read-only opening also runs on Post
 
 from __future__ import annotations
 
-import hashlib
 import os
-import random
-import sqlite3
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from eventsourcing.application import Application
-from eventsourcing.domain import Aggregate, event
 
 from chatledger import StoreError
 from chatledger.ledger import Ledger
 from infrastructure.sqlite_store import DB_FILE
+from tests.damaged_stores import another_eventsourcing_application, damage_pages_of, files, tables
 from tests.stores import Store
 
 SQLITE = ""
-
-
-class Dog(Aggregate):
-    @event("Registered")
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-def another_eventsourcing_application(workspace: Path) -> Path:
-    """The file another program built on the same library writes: its own `stored_events`."""
-    workspace.mkdir(parents=True, exist_ok=True)
-    path = workspace / DB_FILE
-    application: Application[Any] = Application(
-        env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)}
-    )
-    application.save(Dog(name="Fido"))
-    application.close()
-    return path
-
-
-def tables(path: Path) -> set[str]:
-    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-        return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-
-
-def files(folder: Path) -> dict[str, str]:
-    """Every file in the folder and a digest of its bytes, SQLite's -wal/-shm side files
-    aside (any reader of a WAL database may leave them)."""
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.iterdir())
-        if not p.name.endswith(("-wal", "-shm"))
-    }
 
 
 @pytest.mark.parametrize("read_only", [False, True], ids=["read-write", "read-only"])
@@ -175,23 +137,6 @@ def test_a_read_only_ledger_refuses_a_store_whose_read_models_are_out_of_date(
 
 
 # -- damage in the middle of the file ---------------------------------------------------------
-def damage_pages_of(path: Path, table: str) -> None:
-    """Overwrites every page of the table (never the file's first page, its header and
-    schema) with garbage."""
-    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-        try:
-            pages = db.execute("SELECT pageno FROM dbstat WHERE name=?", (table,)).fetchall()
-        except sqlite3.OperationalError:
-            pytest.skip("this SQLite has no dbstat table to locate a table's pages")
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    assert pages and all(page > 1 for (page,) in pages), pages
-    garbage = random.Random(7)
-    with path.open("r+b") as file:
-        for (page,) in pages:
-            file.seek((page - 1) * page_size)
-            file.write(garbage.randbytes(page_size))
-
-
 CALLS: list[tuple[str, Callable[[Ledger, Any], Any]]] = [
     ("list_conversations", lambda lg, c: lg.list_conversations()),
     ("search", lambda lg, c: lg.list_conversations(search_term="hello")),
@@ -231,7 +176,7 @@ def test_damage_anywhere_in_the_file_is_a_store_error_naming_it(
     ledger.create_checkpoint(conversation, name="cp")
     ledger.close()
     path = workspace / DB_FILE
-    damage_pages_of(path, table)
+    damage_pages_of(path, table, seed=7)
 
     met_the_damage = []
     try:

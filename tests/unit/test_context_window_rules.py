@@ -18,25 +18,7 @@ from domain.context_window import (
 )
 from domain.errors import InvalidInput
 from domain.messages import Category
-
-S, C, D, T, E = (
-    Category.SYSTEM,
-    Category.CONTEXT,
-    Category.DIALOG,
-    Category.SYSTEM_OUTPUT,
-    Category.ERROR,
-)
-ROLE = {S: "system", C: "system", D: "assistant", T: "tool", E: "assistant"}
-
-
-def item(message_id: str, category: Category, tokens: int, position: int, **kw: Any) -> ContextItem:
-    kw.setdefault("role", ROLE[category])
-    return ContextItem(message_id, category, tokens, position, **kw)
-
-
-def window(tokens: int, **kw: Any) -> WindowConfig:
-    """A window whose usable part is exactly `tokens`."""
-    return WindowConfig(context_window=tokens, usable_share=1.0, **kw)
+from tests.unit.context_items import C, D, E, S, T, item, window
 
 
 # -- defaults ------------------------------------------------------------------------------------
