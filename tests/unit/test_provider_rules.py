@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-import httpx
+import httpx2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -138,8 +138,8 @@ def test_absent() -> None:
 def test_header_names_are_case_insensitive() -> None:
     assert parse_retry_after({"Retry-After": "4"}) == 4.0
     assert parse_retry_after({"RETRY-AFTER-MS": "4000"}) == 4.0
-    # The SDKs hand over httpx's Headers.
-    assert parse_retry_after(httpx.Headers({"Retry-After-Ms": "20", "Retry-After": "1"})) == 0.02
+    # The SDKs hand over their HTTP client's Headers (httpx2, which both SDKs depend on).
+    assert parse_retry_after(httpx2.Headers({"Retry-After-Ms": "20", "Retry-After": "1"})) == 0.02
 
 
 @given(
