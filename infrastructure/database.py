@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from typing import Any, Protocol
 from uuid import UUID
@@ -153,6 +153,12 @@ class Database(ABC):
     read_only: bool = False
     #: The errors of the database's driver, which `failures` turns into StoreErrors.
     driver_errors: tuple[type[Exception], ...]
+    #: Whether the recorder has the projections write their rows before it takes the log's
+    #: lock (then the rows need no notification ids; see ProjectionRunner).
+    projects_before_lock: bool = False
+    #: Whether a rebuild builds the new tables aside, a batch per transaction, and swaps
+    #: them in (see ProjectionRunner.rebuild).
+    rebuilds_aside: bool = False
 
     @abstractmethod
     def execute(self, statement: str, parameters: Sequence[Any] = ()) -> Rows:
@@ -194,6 +200,11 @@ class Database(ABC):
     @abstractmethod
     def writer_lock(self) -> AbstractContextManager[None]:
         """Held by a command from deciding to saving."""
+
+    def rebuild_lock(self) -> AbstractContextManager[None]:
+        """Held by a rebuild from start to end, where rebuilds run in many transactions (see
+        `rebuilds_aside`): one rebuild at a time, and writers are not kept waiting."""
+        return nullcontext()
 
     @abstractmethod
     def lock_conversation(self, conversation_id: UUID) -> None:

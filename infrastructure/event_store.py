@@ -50,7 +50,7 @@ class EventStore(Application[UUID]):
         super().__init__(env)
         #: Set by the owner of the projections: runs inside every insert transaction with
         #: (cursor, domain events, notification ids).
-        self.projector: Callable[[Any, Sequence[Any], Sequence[int]], None] | None = None
+        self.projector: Callable[[Any, Sequence[Any], Sequence[int] | None], None] | None = None
         #: Set by the store's opener: turns the database's failures under the library into
         #: StoreErrors naming the store (see Database.failures).
         self.failures: Callable[[], AbstractContextManager[None]] = nullcontext

@@ -155,6 +155,7 @@ class PostgresCursor:
 class PostgresDatabase(Database):
     dialect = PostgresDialect()
     driver_errors = (psycopg.Error,)
+    projects_before_lock = True
 
     def __init__(self, location: PostgresLocation, *, read_only: bool = False) -> None:
         self.location = location
@@ -162,6 +163,8 @@ class PostgresDatabase(Database):
         self.read_only = read_only
         self.connection = self._connect()
         self._search_path = location.schema
+        #: Names the advisory lock between projecting writers and rebuilds (see transaction).
+        self._gate = f"chatledger-projections:{location.schema}"
         self._locked = False
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -218,6 +221,9 @@ class PostgresDatabase(Database):
         try:
             with self.connection.transaction():
                 cursor = PostgresCursor(self.connection.cursor())
+                # Writers project before they take the log's lock (see projection_cursor):
+                # wait for those under way, and hold off new ones, before taking it too.
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self._gate,))
                 # The lock the recorder takes to insert events: while it is held no event
                 # is inserted (or projected) by anyone else.
                 cursor.execute(f"LOCK TABLE {self.dialect.events_table} IN EXCLUSIVE MODE")
@@ -229,7 +235,13 @@ class PostgresDatabase(Database):
         """A cursor in the recorder's insert transaction, on this store's schema (the
         library's pooled connections use the server's default search path)."""
         cursor = PostgresCursor(recorder_cursor.connection.cursor(row_factory=tuple_row))
-        cursor.execute("SELECT set_config('search_path', ?, true)", (self._search_path,))
+        # The shared side of the gate `transaction` closes: a writer projects before it
+        # takes the log's lock, a rebuild takes the log's lock and then drops the projections'
+        # tables; without the gate each would wait for the other.
+        cursor.execute(
+            "SELECT set_config('search_path', ?, true), pg_advisory_xact_lock_shared(hashtext(?))",
+            (self._search_path, self._gate),
+        )
         return cursor
 
     @contextmanager

@@ -21,6 +21,8 @@ class Projection:
     ddl: ClassVar[tuple[str, ...]] = ()
     #: Whether SELECT * gives its rows back (a contentless full-text index does not).
     readable: ClassVar[bool] = True
+    #: True while a rebuild replays the whole log into fresh tables.
+    replaying: bool = False
 
     def handlers(self) -> dict[type, Handler]:
         raise NotImplementedError
@@ -28,6 +30,9 @@ class Projection:
     def create(self, cursor: Cursor, dialect: Dialect) -> None:
         for statement in self.ddl:
             cursor.execute(dialect.ddl(statement))
+
+    def replayed(self, cursor: Cursor, position: int) -> None:
+        """Called when a rebuild has replayed the log up to `position`."""
 
     def drop(self, cursor: Cursor) -> None:
         for table in self.tables:

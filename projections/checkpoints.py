@@ -15,10 +15,15 @@ class CheckpointIndex(Projection):
     name = "checkpoints"
     tables = ("checkpoints", "snapshots")
     ddl = (
+        # Keyed as it is read: a conversation's checkpoints in position order (the position
+        # is the CheckpointCreated event's own, unique in its conversation). An auto
+        # checkpoint per message then writes this table's last page and a page of the id
+        # index, not a table, a random page of its primary key index and a third index.
+        # Pruning flags a row in place (a flag in the key would move the row and its entry).
         """CREATE TABLE IF NOT EXISTS checkpoints (
-            checkpoint_id TEXT PRIMARY KEY,
             conversation_id TEXT NOT NULL,
             position INTEGER NOT NULL,
+            checkpoint_id TEXT NOT NULL,
             type TEXT NOT NULL,
             created_at TEXT NOT NULL,
             session_id TEXT NOT NULL,
@@ -26,10 +31,10 @@ class CheckpointIndex(Projection):
             name TEXT,
             description TEXT,
             auto_ordinal INTEGER,
-            pruned INTEGER NOT NULL DEFAULT 0
-        )""",
-        "CREATE INDEX IF NOT EXISTS checkpoints_by_conversation "
-        "ON checkpoints (conversation_id, pruned, position)",
+            pruned INTEGER NOT NULL,
+            PRIMARY KEY (conversation_id, position)
+        ) WITHOUT ROWID""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS checkpoints_by_id ON checkpoints (checkpoint_id)",
         """CREATE TABLE IF NOT EXISTS snapshots (
             snapshot_id TEXT PRIMARY KEY,
             conversation_id TEXT NOT NULL,
@@ -50,9 +55,9 @@ class CheckpointIndex(Projection):
         cursor.execute(
             "INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?,0)",
             (
-                event.checkpoint_id,
                 event.originator_id.hex,
                 event.originator_version,
+                event.checkpoint_id,
                 event.checkpoint_type.value,
                 event.timestamp.isoformat(),
                 event.session_id,

@@ -41,8 +41,8 @@ class ConversationIndex(Projection):
             message_count INTEGER NOT NULL,
             token_count INTEGER NOT NULL
         )""",
-        "CREATE INDEX IF NOT EXISTS conversations_by_activity "
-        "ON conversations (last_active DESC, conversation_id)",
+        # No index on last_active: every message moves its conversation's entry, a page
+        # written per append, to spare list_conversations a sort of one row per conversation.
         # Every shape the view has had, by the position it took effect: "as of position N"
         # is the last row at or before N, its own stream cut at N. No replay needed.
         """CREATE TABLE IF NOT EXISTS conversation_views (

@@ -173,6 +173,7 @@ class ReadModel:
     ) -> list[dict[str, Any]]:
         where, params = "", []
         if search_term and search_term.strip():
+            self.search.prepare_search(self.db)
             matching, search_params = self.search.conversations_matching(search_term)
             part = search_term.strip().lower()
             contains = self.dialect.contains

@@ -1,4 +1,4 @@
-"""Benchmarks the DESIGN §7 workload against baselines measured in the same run.
+"""Benchmarks the docs/architecture.md §9 workload against baselines measured in the same run.
 
 Usage:
     python scripts/bench.py                      # 1k and 10k messages (a few minutes)
@@ -678,7 +678,9 @@ class RunInfo:
 
 def print_table(results: dict[int, Results], info: RunInfo) -> None:
     header, rows = table_rows(results)
-    render_table("chatledger vs baselines (DESIGN §7)", header, rows, info.caption(results))
+    render_table(
+        "chatledger vs baselines (docs/architecture.md §9)", header, rows, info.caption(results)
+    )
 
 
 def render_table(title: str, header: list[str], rows: list[list[str]], caption: str) -> None:

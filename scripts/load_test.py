@@ -23,9 +23,10 @@ position it was given, `verify()`, projections equal to a rebuild, and the datab
 consistency (SQLite: PRAGMA integrity_check; PostgreSQL: notification ids unique, every
 stream's positions 1..N without a gap).
 
-Targets (DESIGN §6/§7, issue 5): SQLite sustains >= 500 durable appends/s across 4 processes
-with zero errors surfaced; PostgreSQL throughput grows with writer processes on distinct
-conversations (printed as a ratio to the first --processes count of the same run). Exit
+Targets (docs/architecture.md §7, §9; issue 5): SQLite sustains >= 500 durable appends/s
+across 4 processes with zero errors surfaced; PostgreSQL throughput grows with writer
+processes on distinct conversations (printed as a ratio to the first --processes count of the
+same run). Exit
 status: 0 when every check passes and no error surfaced (the throughput targets are reported,
 and enforced only with --require-target), 1 otherwise.
 """
