@@ -95,7 +95,10 @@ class ConversationCommands:
         title: str | None = None,
         system_prompt: str = "",
         reset_from: UUID | None = None,
+        lazily: bool = False,
     ) -> UUID:
+        """A new conversation's id. `lazily`, it is started by the first command that gets it,
+        in that command's transaction (Ledger.ensure_started starts it for a read)."""
         title = inputs.label(title, "A title")
         if not isinstance(system_prompt, str):
             raise InvalidInput("A system prompt must be a string.")
@@ -105,7 +108,7 @@ class ConversationCommands:
         conversation_id = uuid4()
         view = ViewState().with_new_session(new_id("sess"))
 
-        def decide(batch: Batch) -> UUID:
+        def start(batch: Batch) -> Conversation:
             conversation = batch.add(
                 Conversation.start(
                     conversation_id=conversation_id,
@@ -118,9 +121,18 @@ class ConversationCommands:
             )
             if prompt is not None:
                 self.add(conversation, Role.SYSTEM, prompt, None, {})
-            return conversation_id
+            return conversation
 
-        return self.unit_of_work.run(decide)
+        if lazily:
+            self.unit_of_work.start_later(conversation_id, start)
+            return conversation_id
+        return self.unit_of_work.run(lambda batch: start(batch).id)
+
+    def ensure_started(self, conversation_id: UUID) -> UUID:
+        """Starts a conversation started `lazily` that no command has started yet."""
+        if not self.unit_of_work.started(conversation_id):
+            self.unit_of_work.run(lambda batch: batch.get(conversation_id))
+        return conversation_id
 
     def append_message(
         self,

@@ -171,6 +171,7 @@ class Ledger:
 
     # -- commands ----------------------------------------------------------------------
     start_conversation = _forward("commands", ConversationCommands.start_conversation)
+    ensure_started = _forward("commands", ConversationCommands.ensure_started)
     append_message = _forward("commands", ConversationCommands.append_message)
     create_checkpoint = _forward("commands", ConversationCommands.create_checkpoint)
     rollback = _forward("commands", ConversationCommands.rollback)

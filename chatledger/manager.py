@@ -166,8 +166,23 @@ class ConversationManager:
     # -- the active conversation -----------------------------------------------------------
     @property
     def active_id(self) -> UUID:
+        """The active conversation, started by now (a fresh manager's is started here)."""
+        return self.ledger.ensure_started(self._command_target)
+
+    @property
+    def _command_target(self) -> UUID:
+        """The active conversation for a command. A fresh manager's is started by its first
+        command, in that command's transaction: a refused command writes nothing."""
         if self._active is None:
-            self._active = self.ledger.start_conversation(system_prompt=self.system_prompt)
+            self._active = self.ledger.start_conversation(
+                system_prompt=self.system_prompt, lazily=True
+            )
+        return self._active
+
+    def _started(self) -> UUID | None:
+        """The active conversation if one was started (None on a fresh manager)."""
+        if self._active is None or not self.ledger.unit_of_work.started(self._active):
+            return None
         return self._active
 
     def get_conversation_id(self) -> str:
@@ -188,7 +203,7 @@ class ConversationManager:
     def reset(self) -> None:
         """Starts a fresh conversation (the previous one stays in the log, listable)."""
         self._active = self.ledger.start_conversation(
-            system_prompt=self.system_prompt, reset_from=self._active
+            system_prompt=self.system_prompt, reset_from=self._started()
         )
 
     def save(self) -> bool:
@@ -206,7 +221,7 @@ class ConversationManager:
         metadata: dict[str, Any] | None = None,
     ) -> Message:
         appended = self.ledger.append_message(
-            self.active_id, role, content, category=category, metadata=metadata
+            self._command_target, role, content, category=category, metadata=metadata
         )
         return Message.from_transcript(appended.row)
 
@@ -223,7 +238,7 @@ class ConversationManager:
 
     def load_context_file(self, file_path: str | Path) -> bool:
         try:
-            self.ledger.load_context_file(self.active_id, file_path)
+            self.ledger.load_context_file(self._command_target, file_path)
         except FileInputError:
             return False
         return True
@@ -298,7 +313,7 @@ class ConversationManager:
     ) -> PreparedTurn:
         """The user's side of a turn, written; the conversation becomes the active one."""
         target = (
-            self.active_id
+            self._command_target
             if conversation_id is None
             else self.ledger.conversation(conversation_id).id
         )
@@ -328,12 +343,11 @@ class ConversationManager:
         self, name: str | None = None, description: str | None = None
     ) -> str | None:
         # No conversation started yet has nothing to checkpoint: starting one would write.
-        if not self.checkpoint_config.enabled or self._active is None:
+        active = self._started()
+        if not self.checkpoint_config.enabled or active is None:
             return None
         try:
-            return self.ledger.create_checkpoint(
-                self._active, CheckpointType.MANUAL, name, description
-            )
+            return self.ledger.create_checkpoint(active, CheckpointType.MANUAL, name, description)
         except NothingToCheckpoint:
             return None
 
@@ -374,7 +388,7 @@ class ConversationManager:
         return [row.as_dict() for row in rows]
 
     def create_snapshot(self, *, meta: dict[str, Any] | None = None) -> str | None:
-        return self.ledger.take_snapshot(self.active_id, meta)
+        return self.ledger.take_snapshot(self._command_target, meta)
 
     def restore_snapshot(self, snapshot_id: str) -> bool:
         try:

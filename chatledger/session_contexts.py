@@ -14,7 +14,7 @@ from eventsourcing.persistence import Recording
 
 from chatledger.model_context import SessionContext
 from domain.conversation import Conversation
-from domain.events import ContextTrimmed, ModelCalled
+from domain.events import ContextTrimmed, ConversationStarted, ModelCalled
 from domain.view import ViewState
 from projections.queries import ReadModel
 
@@ -35,6 +35,21 @@ class SessionContexts:
     def of(self, conversation: Conversation) -> SessionContext:
         """The conversation's current session context: the cached one if it is current,
         else one rebuilt from the log (and cached)."""
+        new = conversation.pending_events[:1]
+        if new and isinstance(new[0], ConversationStarted):
+            # Started in the command's own transaction: none of it is in the log to read yet,
+            # and it is not cached before it is saved.
+            started = new[0]
+            context = SessionContext(
+                conversation.id,
+                started.originator_version,
+                conversation.view.session.session_id,
+                {},
+                {},
+            )
+            for event in conversation.pending_events[1:]:
+                context.apply(event)
+            return context
         cached = self._contexts.get(conversation.id)
         if cached is not None and not cached.stale and cached.version == conversation.version:
             self._contexts.move_to_end(conversation.id)

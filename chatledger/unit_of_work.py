@@ -37,8 +37,12 @@ class Batch:
     #: Whether cached aggregates must first catch up with other writers' events.
     fresh: bool = True
     aggregates: dict[UUID, Conversation] = field(default_factory=dict)
+    #: Conversations started by the first command that gets them (UnitOfWork.start_later).
+    unstarted: dict[UUID, Callable[[Batch], Conversation]] = field(default_factory=dict)
 
     def get(self, conversation_id: UUID) -> Conversation:
+        if conversation_id not in self.aggregates and conversation_id in self.unstarted:
+            return self.unstarted[conversation_id](self)
         if conversation_id not in self.aggregates:
             self.database.lock_conversation(conversation_id)
             self.aggregates[conversation_id] = self.store.conversation(
@@ -62,12 +66,21 @@ class Observer(Protocol):
 class UnitOfWork:
     def __init__(self, store: EventStore, database: Database, observer: Observer) -> None:
         self.store, self.database, self.observer = store, database, observer
+        self.unstarted: dict[UUID, Callable[[Batch], Conversation]] = {}
+
+    def start_later(self, conversation_id: UUID, start: Callable[[Batch], Conversation]) -> None:
+        """The conversation is started (by `start`, which adds it to the batch) in the
+        transaction of the first command that gets it, so a refused command writes nothing."""
+        self.unstarted[conversation_id] = start
+
+    def started(self, conversation_id: UUID) -> bool:
+        return conversation_id not in self.unstarted
 
     def run(self, decide: Callable[[Batch], T]) -> T:
         """Runs `decide` on a fresh Batch and saves what it triggered, in one transaction;
         returns what `decide` returned."""
         for attempt in range(MAX_ATTEMPTS):
-            batch = Batch(self.store, self.database)
+            batch = Batch(self.store, self.database, unstarted=self.unstarted)
             try:
                 # Decide and save under the database's writer lock (see its writer_lock);
                 # where there is none, optimistic concurrency on positions decides.
@@ -91,6 +104,8 @@ class UnitOfWork:
             except BaseException:
                 self.forget(batch)
                 raise
+            for conversation_id in batch.aggregates:
+                self.unstarted.pop(conversation_id, None)
             self.observer.saved(recordings)
             return result
         raise ConcurrencyConflict(
