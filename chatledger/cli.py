@@ -287,6 +287,11 @@ def chat(
             # on its own instead of ending the chat and losing the lines read with it.
             sys.stdin.reconfigure(errors="surrogateescape")
         asyncio.run(chat_loop(manager, console, _fail))
+    except KeyboardInterrupt:
+        # An answer cut short is already on record as a cancelled call (with its partial
+        # text); Ctrl-C ends the chat like a shell's 128 + SIGINT, not with a traceback.
+        err_console.print("interrupted: anything cut short is recorded as cancelled.")
+        raise typer.Exit(130) from None
     finally:
         manager.close()
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from contextlib import closing
 from importlib.metadata import version
 from pathlib import Path
@@ -270,3 +272,34 @@ def test_chat_survives_bad_lines_and_names_its_conversation(store: Store) -> Non
     assert fork["parent_id"] == str(parent) and latest.conversation_id == parent
     assert "On the branch" in branch_texts and "On the branch" not in texts
     assert texts[:2] == ["Be brief.", "Earlier question"]
+
+
+def test_ctrl_c_ends_a_chat_without_a_traceback(store: Store) -> None:
+    assert EXECUTABLE is not None
+    chat = subprocess.Popen(
+        [EXECUTABLE, "chat", "-w", str(store.workspace)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **store.env, "NO_COLOR": "1"},
+    )
+    try:
+        assert chat.stdout is not None and chat.stdin is not None
+        conversation = chat.stdout.readline().split()[-1].decode()
+        chat.stdin.write(b"Hello there\n")
+        chat.stdin.flush()
+        with closing(store.ledger()) as ledger:
+            deadline = time.monotonic() + 30
+            while len(ledger.history(conversation)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        # Answered, the chat waits for the next line. asyncio's runner takes a first Ctrl-C
+        # as "cancel the main task" and a second as KeyboardInterrupt.
+        for _ in range(2):
+            time.sleep(0.3)
+            chat.send_signal(signal.SIGINT)
+        _, err = chat.communicate(timeout=30)
+    finally:
+        chat.kill()
+    assert chat.returncode == 130, err
+    assert b"Traceback" not in err
+    assert b"interrupted" in err
