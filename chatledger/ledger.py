@@ -19,7 +19,8 @@ import functools
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
+from uuid import UUID
 
 from chatledger.commands import AppendedMessage, ConversationCommands, new_id, utc_now
 from chatledger.inputs import (
@@ -41,6 +42,8 @@ from chatledger.turns import TurnService
 from chatledger.unit_of_work import MAX_ATTEMPTS, UnitOfWork
 from domain.checkpoints import CheckpointConfig
 from domain.context_window import WindowConfig
+from infrastructure.bundle import dump_bundle
+from infrastructure.bundle_import import BundleImport, import_bundle, read_bundle
 from infrastructure.files import DEFAULT_MAX_IMAGE_BYTES
 from infrastructure.stores import open_store
 from infrastructure.token_counting import DEFAULT_CONTEXT_WINDOW, ModelTokenizer, tokenizer_for
@@ -168,6 +171,25 @@ class Ledger:
 
     def rebuild_projections(self) -> int:
         return self.projections.rebuild()
+
+    # -- bundles (docs/hash-chain.md §5) -------------------------------------------------
+    def export_bundle(self, conversation_id: str | UUID, file: BinaryIO) -> int:
+        """Writes the bundle of a conversation (its ancestors' events up to their forks, then
+        its own) to an open binary file; returns the number of events written."""
+        cid = self.queries.existing(conversation_id)
+        with self.db.failures():
+            return dump_bundle(self.store.recorder, cid, file)
+
+    def import_bundle(self, path: str | Path) -> BundleImport:
+        """Checks a bundle file whole (its hashes, its chains, its lineage, and that what this
+        store already holds of it is the same), then writes the events the store lacks, as
+        they were stored, projected in the same transaction. Writes nothing when refused
+        (FileInputError, BundleConflict) or when the store holds all of it already."""
+        self.db.refuse_if_read_only()
+        report = import_bundle(self.store, self.db, read_bundle(Path(path)))
+        for conversation_id in report.conversations:
+            self.contexts.forget(conversation_id)
+        return report
 
     # -- commands ----------------------------------------------------------------------
     start_conversation = _forward("commands", ConversationCommands.start_conversation)

@@ -48,3 +48,7 @@ class StoreError(ChatledgerError):
 
 class ConcurrencyConflict(ChatledgerError):
     """Another writer appended to the same conversation and retrying did not resolve it."""
+
+
+class BundleConflict(ChatledgerError):
+    """A bundle holds conversations the store already has, with different events."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from uuid import UUID
 
 import orjson
@@ -61,11 +61,19 @@ def bundle_lines(recorder: ApplicationRecorder, conversation_id: UUID) -> Iterat
             yield bundle_line(event)
 
 
+def dump_bundle(recorder: ApplicationRecorder, conversation_id: UUID, file: BinaryIO) -> int:
+    """Writes the bundle of `conversation_id` to an open binary file; returns the number of
+    events. The lineage is resolved first, so an unknown conversation writes nothing."""
+    lines = bundle_lines(recorder, conversation_id)
+    count = 0
+    for line in lines:
+        file.write(orjson.dumps(line) + b"\n")
+        count += 1
+    return count
+
+
 def write_bundle(recorder: ApplicationRecorder, conversation_id: UUID, path: Path) -> int:
     """Writes the bundle of `conversation_id` to `path`; returns the number of events."""
-    count = 0
+    lineage(recorder, conversation_id)  # an unknown conversation leaves no file behind
     with path.open("wb") as file:
-        for line in bundle_lines(recorder, conversation_id):
-            file.write(orjson.dumps(line) + b"\n")
-            count += 1
-    return count
+        return dump_bundle(recorder, conversation_id, file)
